@@ -1,0 +1,219 @@
+"""Settings: the `[tool.pytest-agentic]` table of the nearest pyproject.toml, validated.
+
+Every key, its type and its default live in `KEYS`; the README's configuration reference
+lists the same keys. Command-line options override these values (the pytest plugin and the
+CLI resolve each setting command line -> config -> default).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pytest_agentic.errors import AgenticError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+TABLE = "pytest-agentic"
+
+#: Test files the fixer may never write, even inside a task's scope (gitwildmatch).
+DEFAULT_PROTECTED = ("tests/", "test/", "test_*.py", "*_test.py", "conftest.py")
+
+# key -> (kind, default). Kinds: "str", "str?" (str or absent), "bool", "int", "int?",
+# "list[str]". Keep in step with the README's configuration table.
+KEYS: dict[str, tuple[str, Any]] = {
+    # foundation (tasks and scope)
+    "tasks_dir": ("str", ".agentic/tasks"),
+    "protected": ("list[str]", list(DEFAULT_PROTECTED)),
+    "require_task": ("bool", False),
+    # the fix loop (`pytest --agent-fix`)
+    "fix": ("bool", False),
+    "max_attempts": ("int", 3),
+    "model": ("str?", None),
+    "max_turns": ("int", 25),
+    "budget_tokens": ("int?", None),
+    "dry_run": ("bool", False),
+    "report": ("str?", None),
+    "rerun_timeout": ("int", 300),
+    # convention files
+    "templates_dir": ("str?", None),
+    "knowledge_dir": ("str", "docs/knowledge"),
+    "pointer_files": ("list[str]", ["CLAUDE.md"]),
+    "agents_md_budget_tokens": ("int", 8000),
+}
+
+_KIND_NAMES = {
+    "str": "a string",
+    "str?": "a string",
+    "bool": "true or false",
+    "int": "a positive integer",
+    "int?": "a positive integer",
+    "list[str]": "a list of strings",
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    """Validated settings plus where they came from."""
+
+    root: Path
+    """The project root: the folder of the pyproject.toml, else the git top level, else cwd."""
+    path: Path | None
+    """The pyproject.toml the settings were read from, if any."""
+    values: Mapping[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self.values:
+            return self.values[key]
+        default = KEYS[key][1]
+        return list(default) if isinstance(default, list) else default
+
+    @property
+    def tasks_dir(self) -> Path:
+        return self.root / self["tasks_dir"]
+
+    @property
+    def protected(self) -> list[str]:
+        return list(self["protected"])
+
+    @property
+    def require_task(self) -> bool:
+        return bool(self["require_task"])
+
+
+def find_pyproject(start: Path) -> Path | None:
+    """The nearest pyproject.toml in `start` or a folder above it."""
+    start = start.absolute()
+    for folder in (start, *start.parents):
+        candidate = folder / "pyproject.toml"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _git_toplevel(start: Path) -> Path | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel"],
+            cwd=start,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except OSError:
+        return None
+    if out.returncode != 0 or not out.stdout.strip():
+        return None
+    return Path(out.stdout.strip())
+
+
+def _toml_error_position(exc: Exception) -> tuple[int, int] | None:
+    # tomllib puts "(at line L, column C)" in the message; 3.14 adds attributes as well.
+    lineno = getattr(exc, "lineno", None)
+    colno = getattr(exc, "colno", None)
+    if isinstance(lineno, int) and isinstance(colno, int):
+        return lineno, colno
+    match = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
+    if match:
+        return int(match.group(1)), int(match.group(2))
+    return None
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Parse a TOML file; syntax errors become `path:line:col: ...` user errors."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise AgenticError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise AgenticError(f"{path}: not valid UTF-8; save it as UTF-8") from None
+    except tomllib.TOMLDecodeError as exc:
+        where = _toml_error_position(exc)
+        msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc)) or "invalid TOML"
+        if where:
+            return _raise(f"{path}:{where[0]}:{where[1]}: invalid TOML: {msg}")
+        return _raise(f"{path}: invalid TOML: {msg}")
+
+
+def _raise(message: str) -> Any:
+    raise AgenticError(message)
+
+
+def key_line(path: Path, key: str) -> int | None:
+    """The first line of `path` that assigns `key` (for pointing at a bad setting)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    pattern = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=")
+    for number, line in enumerate(lines, start=1):
+        if pattern.match(line):
+            return number
+    return None
+
+
+def check_type(kind: str, value: Any) -> bool:
+    """Whether `value` (as read from TOML) is of the settings kind `kind`."""
+    if kind in ("str", "str?"):
+        return isinstance(value, str)
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind in ("int", "int?"):
+        return isinstance(value, int) and not isinstance(value, bool) and value > 0
+    if kind == "list[str]":
+        return isinstance(value, list) and all(isinstance(item, str) for item in value)
+    raise AssertionError(kind)  # pragma: no cover - KEYS uses only the kinds above
+
+
+def unknown_key_message(where: str, key: str, known: list[str]) -> str:
+    """`where: unknown key 'x'` plus a close-match suggestion when there is one."""
+    message = f"{where}: unknown key {key!r}"
+    close = difflib.get_close_matches(key, known, n=1)
+    if close:
+        message += f"; did you mean {close[0]!r}?"
+    else:
+        message += f"; known keys: {', '.join(sorted(known))}"
+    return message
+
+
+def validate(table: Any, path: Path) -> dict[str, Any]:
+    """Check the `[tool.pytest-agentic]` table; every error names the file and the key."""
+    where = f"{path}: [tool.{TABLE}]"
+    if not isinstance(table, dict):
+        raise AgenticError(f"{where} must be a table")
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        line = key_line(path, key)
+        at = f"{path}:{line}" if line else str(path)
+        if key not in KEYS:
+            raise AgenticError(unknown_key_message(f"{at}: [tool.{TABLE}]", key, list(KEYS)))
+        kind = KEYS[key][0]
+        if not check_type(kind, value):
+            raise AgenticError(
+                f"{at}: [tool.{TABLE}] {key} must be {_KIND_NAMES[kind]}, "
+                f"not {type(value).__name__} {value!r}"
+            )
+        values[key] = value
+    return values
+
+
+def load_config(start: Path | None = None) -> Config:
+    """Settings for the project containing `start` (default: the working directory)."""
+    start = (start or Path.cwd()).absolute()
+    path = find_pyproject(start)
+    if path is None:
+        return Config(root=_git_toplevel(start) or start, path=None)
+    data = read_toml(path)
+    table = data.get("tool", {}).get(TABLE, {}) if isinstance(data.get("tool"), dict) else {}
+    return Config(root=path.parent, path=path, values=validate(table, path))

@@ -1,0 +1,1 @@
+"""One module per pre-commit hook, each with `main(argv=None) -> int`."""

@@ -1,0 +1,116 @@
+"""The path policy: the one place that decides whether a path may be written, and why not.
+
+The fixer, the `agentic-scope` pre-commit hook and `pytest-agentic scope check` all ask
+`PathPolicy.check`. Rules, in order: inside the project root; not in `.git`; no symlink that
+leads out of the root (or into `.git`); pytest-agentic's own bookkeeping (`.agentic/`) is
+always allowed for people and never for the agent; `protected` globs (tests by default) bind
+the agent; and, when a task is active, the task's scope.
+
+Why `protected` binds only the agent: it exists against reward hacking (a fixer weakening
+the test it should make pass). People commit tests all the time; for a commit, the task's
+scope decides, and a task that must not touch tests leaves them out of its scope.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from pytest_agentic.tasks import Task, compile_scope
+
+BOOKKEEPING = ".agentic"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a path may not be written."""
+
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+class PathPolicy:
+    """Decides writes under `root`. `for_agent=True` is the fixer's policy."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        task: Task | None = None,
+        protected: Sequence[str] = (),
+        for_agent: bool = False,
+        tasks_dir: str = ".agentic/tasks",
+    ) -> None:
+        self.root = Path(os.path.abspath(root))
+        self.real_root = self.root.resolve()
+        self.task = task
+        self.for_agent = for_agent
+        self.tasks_dir = PurePosixPath(tasks_dir)
+        self._protected: Any = compile_scope(protected, "protected") if protected else None
+        self._scope: Any = (
+            compile_scope(task.scope, str(task.path or task.id)) if task is not None else None
+        )
+
+    def relative(self, path: str | os.PathLike[str]) -> str | None:
+        """`path` (relative to the root, or absolute) as a root-relative posix path, or None
+        when it lies outside the root. Purely lexical: `a/../b` is `b`."""
+        raw = os.fspath(path)
+        if not raw:
+            return None
+        joined = os.path.normpath(os.path.join(self.root, raw))
+        try:
+            rel = Path(joined).relative_to(self.root)
+        except ValueError:
+            return None
+        posix = rel.as_posix()
+        return None if posix in ("", ".") else posix
+
+    def in_scope(self, rel: str) -> bool:
+        """Whether the active task's scope matches `rel` (True when no task is active)."""
+        return self._scope is None or bool(self._scope.match_file(rel))
+
+    def check(self, path: str | os.PathLike[str]) -> Refusal | None:
+        """None when `path` may be written, else a Refusal saying why."""
+        shown = os.fspath(path)
+        rel = self.relative(path)
+        if rel is None:
+            return Refusal(shown, f"outside the project root {self.root}")
+        parts = PurePosixPath(rel).parts
+        if ".git" in parts:
+            return Refusal(rel, "inside .git; git's own files are never written")
+        escape = self._symlink_escape(rel if self.for_agent else str(PurePosixPath(rel).parent))
+        if escape:
+            return Refusal(rel, escape)
+        if parts[0] == BOOKKEEPING:
+            if self.for_agent:
+                return Refusal(rel, "pytest-agentic bookkeeping (.agentic/) is not for the agent")
+            return None
+        if self.for_agent and self._protected is not None and self._protected.match_file(rel):
+            return Refusal(
+                rel,
+                "protected (matches the `protected` globs): the fixer changes code, not tests",
+            )
+        if not self.in_scope(rel):
+            assert self.task is not None
+            return Refusal(rel, f"outside the scope of task {self.task.id!r}")
+        return None
+
+    def _symlink_escape(self, rel: str) -> str | None:
+        # Resolve each existing prefix: a symlinked folder or file must stay inside the root
+        # and out of .git. A path that does not exist yet resolves as far as it exists.
+        # The agent writes through the final component, so it is resolved too; a commit
+        # records a symlink itself, not what it points at, so only its folder is resolved.
+        target = (self.root / rel).resolve()
+        try:
+            inside = target.relative_to(self.real_root)
+        except ValueError:
+            return f"a symlink leads outside the project root (to {target})"
+        if ".git" in inside.parts:
+            return "a symlink leads into .git"
+        return None

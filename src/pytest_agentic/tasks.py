@@ -1,0 +1,240 @@
+"""Task specs: load and validate `.agentic/tasks/<id>.toml`, the active task, dependency order."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pytest_agentic.config import Config, check_type, read_toml, unknown_key_message
+from pytest_agentic.errors import AgenticError
+
+ENV_ACTIVE = "PYTEST_AGENTIC_TASK"
+ACTIVE_FILE = ".agentic/active"
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+# key -> (kind, required)
+TASK_KEYS: dict[str, tuple[str, bool]] = {
+    "id": ("str", False),
+    "title": ("str", False),
+    "goal": ("str", False),
+    "scope": ("list[str]", True),
+    "verify": ("list[str]", False),
+    "depends_on": ("list[str]", False),
+}
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task spec: what to do and which files a change for it may touch."""
+
+    id: str
+    scope: tuple[str, ...]
+    title: str = ""
+    goal: str = ""
+    verify: tuple[str, ...] = ()
+    depends_on: tuple[str, ...] = ()
+    path: Path | None = field(default=None, compare=False)
+
+
+def check_id(task_id: str, where: str) -> None:
+    if not ID_RE.match(task_id):
+        raise AgenticError(
+            f"{where}: bad task id {task_id!r}; use letters, digits, '.', '_' or '-' "
+            "(starting with a letter or digit, at most 64 characters)"
+        )
+
+
+def compile_scope(patterns: Sequence[str], where: str) -> Any:
+    """A gitwildmatch spec for `patterns` (with `!` negation); bad patterns are user errors."""
+    import pathspec
+
+    try:
+        return pathspec.GitIgnoreSpec.from_lines(patterns)
+    except Exception as exc:  # pathspec raises plain ValueError/TypeError subclasses
+        raise AgenticError(f"{where}: bad scope pattern: {exc}") from None
+
+
+def parse_task(data: dict[str, Any], path: Path, stem: str | None = None) -> Task:
+    """Validate a task table read from `path`; `stem` is the id the file name implies."""
+    stem = path.stem if stem is None else stem
+    for key, value in data.items():
+        if key not in TASK_KEYS:
+            raise AgenticError(unknown_key_message(str(path), key, list(TASK_KEYS)))
+        kind = TASK_KEYS[key][0]
+        if not check_type(kind, value):
+            expected = "a string" if kind == "str" else "a list of strings"
+            raise AgenticError(f"{path}: {key} must be {expected}, not {type(value).__name__}")
+    task_id = data.get("id", stem)
+    check_id(task_id, str(path))
+    if task_id != stem:
+        raise AgenticError(
+            f"{path}: id {task_id!r} does not match the file name; rename the file to "
+            f"{task_id}.toml or set id = {stem!r}"
+        )
+    if "scope" not in data:
+        raise AgenticError(f"{path}: scope is required: a list of gitwildmatch globs")
+    scope = [p for p in data["scope"] if p.strip()]
+    if not scope:
+        raise AgenticError(f"{path}: scope is empty; list the globs this task may change")
+    if all(p.lstrip().startswith("!") for p in scope):
+        raise AgenticError(f"{path}: scope has only '!' exclusions, so it matches nothing")
+    compile_scope(scope, str(path))
+    depends_on = data.get("depends_on", [])
+    for dep in depends_on:
+        check_id(dep, f"{path}: depends_on")
+    return Task(
+        id=task_id,
+        scope=tuple(data["scope"]),
+        title=data.get("title", ""),
+        goal=data.get("goal", ""),
+        verify=tuple(data.get("verify", [])),
+        depends_on=tuple(depends_on),
+        path=path,
+    )
+
+
+def task_path(config: Config, task_id: str) -> Path:
+    return config.tasks_dir / f"{task_id}.toml"
+
+
+def load_task(config: Config, task_id: str) -> Task:
+    check_id(task_id, "task")
+    path = task_path(config, task_id)
+    if not path.is_file():
+        raise AgenticError(
+            f"{_rel(config, path)}: no such task {task_id!r}; "
+            f"create it with `pytest-agentic task new {task_id} --scope GLOB`"
+        )
+    return parse_task(read_toml(path), _rel_path(config, path))
+
+
+def parse_task_text(text: str, path: Path) -> Task:
+    """A task from TOML text (as committed in a git revision); errors name `path`."""
+    import sys
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise AgenticError(f"{path}: invalid TOML: {exc}") from None
+    return parse_task(data, path)
+
+
+def task_files(config: Config) -> list[Path]:
+    if not config.tasks_dir.is_dir():
+        return []
+    return sorted(config.tasks_dir.glob("*.toml"))
+
+
+def load_all(config: Config) -> tuple[list[Task], list[str]]:
+    """Every task spec, and one problem line per invalid spec or dependency problem."""
+    tasks: list[Task] = []
+    problems: list[str] = []
+    for path in task_files(config):
+        try:
+            tasks.append(parse_task(read_toml(path), _rel_path(config, path)))
+        except AgenticError as exc:
+            problems.append(str(exc))
+    try:
+        dependency_order(tasks)
+    except AgenticError as exc:
+        problems.append(str(exc))
+    return tasks, problems
+
+
+def dependency_order(tasks: Iterable[Task]) -> list[Task]:
+    """Tasks with every dependency before its dependents (ties by id); unknown deps and
+    cycles are user errors naming the task and the cycle."""
+    by_id = {t.id: t for t in tasks}
+    for task in by_id.values():
+        for dep in task.depends_on:
+            if dep not in by_id:
+                raise AgenticError(
+                    f"{task.path or task.id}: depends_on names unknown task {dep!r}"
+                )
+    order: list[Task] = []
+    state: dict[str, int] = {}  # 1 visiting, 2 done
+
+    def visit(task_id: str, stack: list[str]) -> None:
+        if state.get(task_id) == 2:
+            return
+        if state.get(task_id) == 1:
+            cycle = stack[stack.index(task_id) :] + [task_id]
+            raise AgenticError(f"dependency cycle: {' -> '.join(cycle)}")
+        state[task_id] = 1
+        for dep in sorted(by_id[task_id].depends_on):
+            visit(dep, [*stack, task_id])
+        state[task_id] = 2
+        order.append(by_id[task_id])
+
+    for task_id in sorted(by_id):
+        visit(task_id, [])
+    return order
+
+
+def active_task_id(config: Config) -> str | None:
+    """The active task: env PYTEST_AGENTIC_TASK, else the one-line file `.agentic/active`."""
+    env = os.environ.get(ENV_ACTIVE, "").strip()
+    if env:
+        return env
+    path = config.root / ACTIVE_FILE
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise AgenticError(f"{path}: cannot read: {exc.strerror}") from None
+    return text.splitlines()[0].strip() if text else None
+
+
+def active_task(config: Config) -> Task | None:
+    task_id = active_task_id(config)
+    if task_id is None:
+        return None
+    source = f"${ENV_ACTIVE}" if os.environ.get(ENV_ACTIVE, "").strip() else ACTIVE_FILE
+    try:
+        check_id(task_id, source)
+    except AgenticError:
+        raise
+    return load_task(config, task_id)
+
+
+def dump_task(task: Task) -> str:
+    """TOML text for a task (JSON string escapes are valid TOML basic strings)."""
+
+    def s(value: str) -> str:
+        return json.dumps(value, ensure_ascii=False)
+
+    def lst(values: Sequence[str]) -> str:
+        return "[" + ", ".join(s(v) for v in values) + "]"
+
+    lines = [f"id = {s(task.id)}"]
+    if task.title:
+        lines.append(f"title = {s(task.title)}")
+    if task.goal:
+        lines.append(f"goal = {s(task.goal)}")
+    lines.append(f"scope = {lst(task.scope)}")
+    if task.verify:
+        lines.append(f"verify = {lst(task.verify)}")
+    if task.depends_on:
+        lines.append(f"depends_on = {lst(task.depends_on)}")
+    return "\n".join(lines) + "\n"
+
+
+def _rel_path(config: Config, path: Path) -> Path:
+    try:
+        return path.relative_to(config.root)
+    except ValueError:
+        return path
+
+
+def _rel(config: Config, path: Path) -> str:
+    return _rel_path(config, path).as_posix()
