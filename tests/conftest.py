@@ -11,7 +11,9 @@ import pytest
 
 
 @pytest.fixture(autouse=True)
-def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _isolated_env(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
     """Pinned git identity, a throwaway HOME, and no git or agentic state leaking in.
 
     Hooks and CI inherit GIT_DIR / GIT_INDEX_FILE; a test that inherited them would act on

@@ -79,7 +79,7 @@ class Config:
 
     @property
     def tasks_dir(self) -> Path:
-        return self.root / self["tasks_dir"]
+        return self.root / str(self["tasks_dir"])
 
     @property
     def protected(self) -> list[str]:
@@ -141,13 +141,8 @@ def read_toml(path: Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         where = _toml_error_position(exc)
         msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc)) or "invalid TOML"
-        if where:
-            return _raise(f"{path}:{where[0]}:{where[1]}: invalid TOML: {msg}")
-        return _raise(f"{path}: invalid TOML: {msg}")
-
-
-def _raise(message: str) -> Any:
-    raise AgenticError(message)
+        at = f"{path}:{where[0]}:{where[1]}" if where else str(path)
+        raise AgenticError(f"{at}: invalid TOML: {msg}") from None
 
 
 def key_line(path: Path, key: str) -> int | None:

@@ -46,7 +46,10 @@ def toplevel(cwd: Path) -> Path:
 
 
 def rev_exists(cwd: Path, rev: str) -> bool:
-    return git(cwd, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}", check=False).returncode == 0
+    return (
+        git(cwd, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}", check=False).returncode
+        == 0
+    )
 
 
 def parse_name_status(raw: bytes) -> list[Change]:

@@ -157,9 +157,7 @@ def dependency_order(tasks: Iterable[Task]) -> list[Task]:
     for task in by_id.values():
         for dep in task.depends_on:
             if dep not in by_id:
-                raise AgenticError(
-                    f"{task.path or task.id}: depends_on names unknown task {dep!r}"
-                )
+                raise AgenticError(f"{task.path or task.id}: depends_on names unknown task {dep!r}")
     order: list[Task] = []
     state: dict[str, int] = {}  # 1 visiting, 2 done
 
