@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -45,6 +46,12 @@ def run_git(cwd: Path, *args: str) -> str:
     ).stdout
 
 
+@pytest.fixture
+def git() -> Callable[..., str]:
+    """`git(cwd, *args)`: run real git, fail the test on a git error, return stdout."""
+    return run_git
+
+
 GitRepo = Callable[..., Path]
 
 
@@ -73,3 +80,40 @@ def git_repo(tmp_path: Path) -> GitRepo:
         return root
 
     return make
+
+
+THIS_REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def pre_commit_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One pre-commit cache for the whole run, shared by xdist workers.
+
+    `pre-commit try-repo` builds a virtualenv and pip-installs this package into it; doing
+    that once instead of once per test keeps the suite inside its time budget. pre-commit
+    locks its store, so concurrent workers are safe.
+    """
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent
+    home = shared / "pre-commit-home"
+    home.mkdir(exist_ok=True)
+    return home
+
+
+@pytest.fixture
+def try_repo(pre_commit_home: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run the real `pre-commit try-repo <this repository> HOOK ...` in `cwd`."""
+
+    def run(cwd: Path, hook: str, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "PRE_COMMIT_HOME": str(pre_commit_home), "PRE_COMMIT_COLOR": "never"}
+        return subprocess.run(
+            [sys.executable, "-m", "pre_commit", "try-repo", str(THIS_REPO), hook, *args],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+
+    return run

@@ -146,7 +146,8 @@ def task_list(config: Config, args: argparse.Namespace) -> int:
     for task in dependency_order(tasks):
         mark = "*" if task.id == active else " "
         deps = f"  (after {', '.join(task.depends_on)})" if task.depends_on else ""
-        print(f"{mark} {task.id}  {task.title}{deps}".rstrip())
+        title = f"  {task.title}" if task.title else ""
+        print(f"{mark} {task.id}{title}{deps}")
     if not tasks:
         print(f"no tasks in {_rel(config, config.tasks_dir)}; create one with `{PROG} task new`")
     return 0

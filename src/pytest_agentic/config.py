@@ -171,9 +171,9 @@ def check_type(kind: str, value: Any) -> bool:
     raise AssertionError(kind)  # pragma: no cover - KEYS uses only the kinds above
 
 
-def unknown_key_message(where: str, key: str, known: list[str]) -> str:
-    """`where: unknown key 'x'` plus a close-match suggestion when there is one."""
-    message = f"{where}: unknown key {key!r}"
+def unknown_key_message(key: str, known: list[str]) -> str:
+    """`unknown key 'x'` plus a close-match suggestion when there is one."""
+    message = f"unknown key {key!r}"
     close = difflib.get_close_matches(key, known, n=1)
     if close:
         message += f"; did you mean {close[0]!r}?"
@@ -192,7 +192,7 @@ def validate(table: Any, path: Path) -> dict[str, Any]:
         line = key_line(path, key)
         at = f"{path}:{line}" if line else str(path)
         if key not in KEYS:
-            raise AgenticError(unknown_key_message(f"{at}: [tool.{TABLE}]", key, list(KEYS)))
+            raise AgenticError(f"{at}: [tool.{TABLE}] {unknown_key_message(key, list(KEYS))}")
         kind = KEYS[key][0]
         if not check_type(kind, value):
             raise AgenticError(

@@ -14,6 +14,7 @@ scope decides, and a task that must not touch tests leaves them out of its scope
 from __future__ import annotations
 
 import os
+import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -49,6 +50,10 @@ class PathPolicy:
     ) -> None:
         self.root = Path(os.path.abspath(root))
         self.real_root = self.root.resolve()
+        self._root_str = str(self.root)
+        self._root_prefix = self._root_str.rstrip(os.sep) + os.sep
+        self._real_prefix = str(self.real_root).rstrip(os.sep) + os.sep
+        self._resolved: dict[str, str | None] = {}
         self.task = task
         self.for_agent = for_agent
         self.tasks_dir = PurePosixPath(tasks_dir)
@@ -63,13 +68,11 @@ class PathPolicy:
         raw = os.fspath(path)
         if not raw:
             return None
-        joined = os.path.normpath(os.path.join(self.root, raw))
-        try:
-            rel = Path(joined).relative_to(self.root)
-        except ValueError:
+        # os.path on strings, not pathlib: the scope hook calls this for every staged path.
+        joined = os.path.normpath(os.path.join(self._root_str, raw))
+        if not joined.startswith(self._root_prefix):
             return None
-        posix = rel.as_posix()
-        return None if posix in ("", ".") else posix
+        return joined[len(self._root_prefix) :].replace(os.sep, "/")
 
     def in_scope(self, rel: str) -> bool:
         """Whether the active task's scope matches `rel` (True when no task is active)."""
@@ -81,10 +84,10 @@ class PathPolicy:
         rel = self.relative(path)
         if rel is None:
             return Refusal(shown, f"outside the project root {self.root}")
-        parts = PurePosixPath(rel).parts
+        parts = rel.split("/")
         if ".git" in parts:
             return Refusal(rel, "inside .git; git's own files are never written")
-        escape = self._symlink_escape(rel if self.for_agent else str(PurePosixPath(rel).parent))
+        escape = self._symlink_escape(rel if self.for_agent else posixpath.dirname(rel))
         if escape:
             return Refusal(rel, escape)
         if parts[0] == BOOKKEEPING:
@@ -106,11 +109,15 @@ class PathPolicy:
         # and out of .git. A path that does not exist yet resolves as far as it exists.
         # The agent writes through the final component, so it is resolved too; a commit
         # records a symlink itself, not what it points at, so only its folder is resolved.
-        target = (self.root / rel).resolve()
-        try:
-            inside = target.relative_to(self.real_root)
-        except ValueError:
-            return f"a symlink leads outside the project root (to {target})"
-        if ".git" in inside.parts:
-            return "a symlink leads into .git"
-        return None
+        # Answers are cached per path: thousands of staged files share a few folders.
+        if rel in self._resolved:
+            return self._resolved[rel]
+        target = os.path.realpath(os.path.join(self._root_str, rel))
+        answer: str | None = None
+        if not (target + os.sep).startswith(self._real_prefix):
+            answer = f"a symlink leads outside the project root (to {target})"
+        elif ".git" in target[len(self._real_prefix) :].split(os.sep):
+            answer = "a symlink leads into .git"
+        if not self.for_agent:  # the agent's view must follow the tree as it changes
+            self._resolved[rel] = answer
+        return answer

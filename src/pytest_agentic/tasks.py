@@ -64,7 +64,7 @@ def parse_task(data: dict[str, Any], path: Path, stem: str | None = None) -> Tas
     stem = path.stem if stem is None else stem
     for key, value in data.items():
         if key not in TASK_KEYS:
-            raise AgenticError(unknown_key_message(str(path), key, list(TASK_KEYS)))
+            raise AgenticError(f"{path}: {unknown_key_message(key, list(TASK_KEYS))}")
         kind = TASK_KEYS[key][0]
         if not check_type(kind, value):
             expected = "a string" if kind == "str" else "a list of strings"
