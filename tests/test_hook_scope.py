@@ -252,3 +252,25 @@ def test_not_a_git_repository(tmp_path: Path, monkeypatch, capsys) -> None:
         f"agentic-scope: error: {tmp_path}: not inside a git repository; run `git init` or cd "
         "into one"
     ]
+
+
+def test_a_real_git_commit_all_is_judged_on_the_index_git_commits(repo: Path, git: Git) -> None:
+    """`git commit -a` stages into a temporary index (GIT_INDEX_FILE); the hook must see it."""
+    import stat
+    import subprocess
+    import sys
+
+    hook_file = repo / ".git/hooks/pre-commit"
+    hook_file.write_text(f"#!/bin/sh\nexec {sys.executable} -m pytest_agentic.hooks.scope\n")
+    hook_file.chmod(hook_file.stat().st_mode | stat.S_IEXEC)
+    edit(repo, "src/app/billing.py")  # modified but not staged: only `-a` stages it
+    proc = subprocess.run(
+        ["git", "commit", "-a", "-m", "sneak"], cwd=repo, capture_output=True, text=True
+    )
+    assert proc.returncode != 0
+    assert "src/app/billing.py: modified: outside the scope of task 'webhooks'" in proc.stderr
+    assert git(repo, "log", "--format=%s") == "initial\n"
+    git(repo, "checkout", "--", "src/app/billing.py")
+    edit(repo, "src/app/webhooks/send.py")
+    proc = subprocess.run(["git", "commit", "-a", "-m", "ok"], cwd=repo, capture_output=True)
+    assert proc.returncode == 0, proc.stderr
