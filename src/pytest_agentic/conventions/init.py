@@ -132,10 +132,15 @@ def _read(path: Path) -> str | None:
 
 def plan_init(config: Config) -> list[FileChange]:
     """Every file `init` would write, with old and new text; only the ones that change."""
-    changes = plan_scaffold(config, introspect(config.root))
-    for rel, plan in ((".gitignore", plan_gitignore), (".pre-commit-config.yaml", None)):
-        old = _read(config.root / rel)
-        new = plan(old) if plan is not None else plan_precommit_config(old, rel)
+    precommit = ".pre-commit-config.yaml"
+    old_precommit = _read(config.root / precommit)
+    new_precommit = plan_precommit_config(old_precommit, precommit)
+    changes = plan_scaffold(config, introspect(config.root, precommit_config=new_precommit))
+    old_ignore = _read(config.root / ".gitignore")
+    for rel, old, new in (
+        (".gitignore", old_ignore, plan_gitignore(old_ignore)),
+        (precommit, old_precommit, new_precommit),
+    ):
         if new != old:
             changes.append(FileChange(rel, old, new))
     return changes

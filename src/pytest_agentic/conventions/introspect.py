@@ -417,8 +417,8 @@ def read_test_setup(root: Path, pyproject: Mapping[str, Any], files: tuple[str, 
     )
 
 
-def read_precommit_hooks(root: Path) -> tuple[str, ...]:
-    text = _read_text(root / ".pre-commit-config.yaml")
+def read_precommit_hooks(root: Path, text: str | None = None) -> tuple[str, ...]:
+    text = _read_text(root / ".pre-commit-config.yaml") if text is None else text
     if text is None:
         return ()
     import yaml  # only when the file exists: yaml is the slowest import on this path
@@ -560,10 +560,18 @@ def install_commands(
     return tuple(commands)
 
 
-def introspect(root: Path, files: tuple[str, ...] | None = None) -> RepoFacts:
-    """Everything the convention files say about the repository at `root`."""
+def introspect(
+    root: Path, files: tuple[str, ...] | None = None, precommit_config: str | None = None
+) -> RepoFacts:
+    """Everything the convention files say about the repository at `root`.
+
+    `precommit_config`: the text `.pre-commit-config.yaml` is about to have (init writes it
+    in the same run), so what AGENTS.md says about hooks is already true afterwards.
+    """
     root = root.absolute()
     files = list_files(root) if files is None else files
+    if precommit_config is not None and ".pre-commit-config.yaml" not in files:
+        files = tuple(sorted((*files, ".pre-commit-config.yaml")))
     pyproject = read_pyproject(root)
     project = _table(pyproject, "project")
     poetry = _table(pyproject, "tool", "poetry")
@@ -630,7 +638,11 @@ def introspect(root: Path, files: tuple[str, ...] | None = None) -> RepoFacts:
         extras = tuple(setup_py["extras_require"])
 
     layout, packages = find_packages(root, files)
-    hooks = read_precommit_hooks(root) if ".pre-commit-config.yaml" in files else ()
+    hooks = (
+        read_precommit_hooks(root, precommit_config)
+        if ".pre-commit-config.yaml" in files
+        else ()
+    )
     has_project = bool(project or poetry or setup_py or "setup.py" in files
                        or (setup_cfg is not None and setup_cfg.has_section("metadata")))
     return RepoFacts(
