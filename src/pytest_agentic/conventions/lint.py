@@ -487,7 +487,9 @@ def lint(config: Config, facts: RepoFacts | None = None) -> list[Problem]:
     ]
     agents_files = sorted(f for f in ctx.files if f.rsplit("/", 1)[-1] == AGENTS_MD)
     if AGENTS_MD not in ctx.files:
-        problems.append(Problem(AGENTS_MD, 1, "missing; run agentic-scaffold or pytest-agentic init"))
+        problems.append(
+            Problem(AGENTS_MD, 1, "missing; run agentic-scaffold or pytest-agentic init")
+        )
     for rel in agents_files:
         text = read(rel)
         if text is None:
