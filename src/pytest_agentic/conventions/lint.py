@@ -125,6 +125,7 @@ def looks_like_path(text: str) -> bool:
         return False
     if any(c in text for c in "<>*?{}[]$=|\"'") or "://" in text:
         return False
+    text = re.sub(r":\d+(?::\d+)?$", "", text)  # `file.py:12` names a line of a file
     return "/" in text or os.path.splitext(text)[1] in PATH_EXTENSIONS
 
 
