@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import GitRepo, run_git
 
+from conftest import GitRepo, run_git
 from pytest_agentic.hooks import conventions, scaffold
 
 REPO = Path(__file__).resolve().parent.parent
