@@ -38,7 +38,8 @@ def main() -> int:
         start = time.perf_counter()
         subprocess.run([sys.executable, "-c", "pass"], capture_output=True)
         interpreter.append(time.perf_counter() - start)
-    print(f"bare interpreter start-up for comparison: median {statistics.median(interpreter):.3f} s")
+    bare = statistics.median(interpreter)
+    print(f"bare interpreter start-up for comparison: median {bare:.3f} s")
     return 0
 
 

@@ -155,3 +155,22 @@ def test_both_hooks_end_to_end_through_pre_commit_try_repo(
     code, out = try_repo(hook_repo, root, "agentic-conventions")
     assert code == 1, out
     assert "`pytest tests/test_demo.py::test_gone`: no test_gone in tests/test_demo.py" in out
+
+
+def test_staged_names_and_all_files_give_the_same_verdict(
+    git_repo: GitRepo, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = git_repo(PROJECT)
+    monkeypatch.chdir(root)
+    scaffold.main([])
+    # The stale reference is in AGENTS.md; the commit only touches an unrelated file.
+    with (root / "AGENTS.md").open("a") as f:
+        f.write("See `src/demo/gone.py`.\n")
+    capsys.readouterr()
+    verdicts = []
+    for argv in ([], ["src/demo/__init__.py"], ["pyproject.toml", "AGENTS.md"]):
+        code = conventions.main(argv)
+        verdicts.append((code, capsys.readouterr().out))
+    assert verdicts[0][0] == 1
+    assert "`src/demo/gone.py`: no such file or folder" in verdicts[0][1]
+    assert verdicts[0] == verdicts[1] == verdicts[2]

@@ -166,7 +166,7 @@ def shipped_templates_dir() -> Path:
 def read_template(config: Config, name: str) -> str:
     """Template `name` from `templates_dir` when set and present there, else the shipped one."""
     custom = config["templates_dir"]
-    candidates = [config.root / custom / name] if custom else []
+    candidates = [config.root / str(custom) / name] if custom else []
     candidates.append(shipped_templates_dir() / name)
     for path in candidates:
         try:
