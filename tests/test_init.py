@@ -204,3 +204,49 @@ def test_init_reports_unparseable_precommit_config(
         capsys.readouterr().err
     )
     assert not (root / "AGENTS.md").exists()
+
+
+def test_existing_pointer_gains_only_the_import_line(
+    git_repo: GitRepo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = git_repo({**SRC_PROJECT, "CLAUDE.md": "Use British spelling.\n"})
+    monkeypatch.chdir(root)
+    init_main([])
+    assert (root / "CLAUDE.md").read_text() == "@AGENTS.md\n\nUse British spelling.\n"
+    (root / "CLAUDE.md").write_text("Notes first.\n\n@AGENTS.md\n")
+    init_main([])
+    assert (root / "CLAUDE.md").read_text() == "Notes first.\n\n@AGENTS.md\n"
+
+
+def test_knowledge_front_matter_and_notes_are_the_users(
+    git_repo: GitRepo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = git_repo(SRC_PROJECT)
+    monkeypatch.chdir(root)
+    init_main([])
+    knowledge = root / "docs/knowledge/demo.md"
+    text = knowledge.read_text().replace(
+        '  - "src/demo/**"\n', '  - "src/demo/**"\n  - "tests/test_cli.py"\n'
+    ).replace("## Invariants\n", "## Invariants\nmain() never raises.\n")
+    knowledge.write_text(text)
+    (root / "src/demo/extra.py").write_text('"""Extra."""\n')
+    init_main([])
+    after = knowledge.read_text()
+    assert '  - "tests/test_cli.py"\n' in after
+    assert "## Invariants\nmain() never raises.\n" in after
+    assert "`src/demo/extra.py` (`demo.extra`): Extra." in after
+
+
+def test_malformed_markers_stop_scaffold_with_the_line(
+    git_repo: GitRepo, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = git_repo(SRC_PROJECT)
+    monkeypatch.chdir(root)
+    broken = "mine\n<!-- pytest-agentic:begin layout -->\nmine too\n"
+    (root / "AGENTS.md").write_text(broken)
+    assert init_main([]) == 2
+    assert capsys.readouterr().err == (
+        "pytest-agentic init: error: AGENTS.md:2: section 'layout' is never closed; add "
+        "`<!-- pytest-agentic:end layout -->`\n"
+    )
+    assert (root / "AGENTS.md").read_text() == broken

@@ -20,7 +20,12 @@ from pathlib import Path
 
 from pytest_agentic.config import Config
 from pytest_agentic.conventions.introspect import RepoFacts, introspect
-from pytest_agentic.conventions.render import AGENTS_MD, parse_sections, read_template
+from pytest_agentic.conventions.render import (
+    AGENTS_MD,
+    imports_agents_md,
+    parse_sections,
+    read_template,
+)
 from pytest_agentic.errors import AgenticError
 
 #: What Codex reads of the AGENTS.md files on the way to a directory (project_doc_max_bytes).
@@ -418,12 +423,9 @@ def check_knowledge(ctx: Context, rel: str, text: str, required: list[str]) -> l
 
 
 def check_pointer(ctx: Context, rel: str, text: str) -> list[Problem]:
+    if imports_agents_md(rel, text):
+        return []
     base = os.path.dirname(rel)
-    for ref in references(text):
-        if ref.kind == "import":
-            target = _normal(f"{base}/{ref.text}" if base else ref.text)
-            if target == AGENTS_MD:
-                return []
     import_text = "@" + os.path.relpath(AGENTS_MD, base or ".").replace(os.sep, "/")
     return [Problem(rel, 1, f"does not import AGENTS.md; add a line {import_text}")]
 

@@ -412,6 +412,19 @@ def pointer_import(pointer: str) -> str:
     return "@" + os.path.relpath(AGENTS_MD, folder).replace(os.sep, "/")
 
 
+def imports_agents_md(rel: str, text: str) -> bool:
+    """Whether the file `rel` with `text` has an `@` import that resolves to AGENTS.md."""
+    from pytest_agentic.conventions.lint import references  # lint imports this module
+
+    base = os.path.dirname(rel)
+    for ref in references(text):
+        if ref.kind == "import":
+            target = os.path.normpath(os.path.join(base, ref.text)).replace(os.sep, "/")
+            if target == AGENTS_MD:
+                return True
+    return False
+
+
 # --- planning ---------------------------------------------------------------------------
 
 
@@ -453,7 +466,10 @@ def plan_scaffold(config: Config, facts: RepoFacts) -> list[FileChange]:
         if current is None:
             text = pointer_template.replace("{{import}}", pointer_import(pointer))
             planned.append((pointer, text))
-        # An existing pointer is the user's; agentic-conventions says when it lacks the import.
+        elif not imports_agents_md(pointer, current):
+            # The user's file stays as it is; it only gains the import line on top, which is
+            # what makes it a pointer at all.
+            planned.append((pointer, pointer_import(pointer) + "\n\n" + current))
 
     changes = []
     for rel, new in planned:
