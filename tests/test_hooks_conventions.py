@@ -174,3 +174,17 @@ def test_staged_names_and_all_files_give_the_same_verdict(
     assert verdicts[0][0] == 1
     assert "`src/demo/gone.py`: no such file or folder" in verdicts[0][1]
     assert verdicts[0] == verdicts[1] == verdicts[2]
+
+
+def test_hook_path_stays_light(git_repo: GitRepo) -> None:
+    """The hooks run on every commit: no anthropic, GitPython or pytest in their imports."""
+    root = git_repo(PROJECT)
+    code = (
+        "import sys\nfrom pytest_agentic.hooks import scaffold, conventions\n"
+        "scaffold.main([]); conventions.main([])\n"
+        "print(sorted(m for m in ('anthropic', 'git', 'pytest', '_pytest') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
+    ).stdout
+    assert out.splitlines()[-1] == "[]"
