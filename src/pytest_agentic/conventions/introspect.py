@@ -318,7 +318,7 @@ def _package_roots(py_files: list[str], source_dir: str) -> list[tuple[str, str,
     for top in tops:
         path = f"{prefix}{top}"
         if top.endswith(".py"):
-            if source_dir and top[:-3].isidentifier():
+            if source_dir and top[:-3].isidentifier() and not _is_test_file(top):
                 roots.append((top[:-3], path, False))
             continue
         if not top.isidentifier() or top.startswith("_"):

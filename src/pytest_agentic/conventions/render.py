@@ -308,10 +308,15 @@ def layout_section(facts: RepoFacts, config: Config) -> str:
 def conventions_section(facts: RepoFacts, config: Config) -> str:
     lines = []
     for tool in facts.tools:
-        sources = "; ".join(
-            _code(s) if " " not in s else f"{_code(s.split(' ', 1)[0])} {s.split(' ', 1)[1]}"
-            for s in tool.sources
-        )
+        config_files = [s for s in tool.sources if not s.startswith("pre-commit hook")]
+        hooks = [s.split("`")[1] for s in tool.sources if s.startswith("pre-commit hook")]
+        parts = [
+            f"{_code(s.split(' ', 1)[0])} {s.split(' ', 1)[1]}" if " " in s else _code(s)
+            for s in config_files
+        ]
+        if hooks:
+            parts.append("pre-commit " + ", ".join(hooks))
+        sources = "; ".join(parts)
         lines.append(f"- {tool.name}: {sources}")
     if facts.line_length:
         lines.append(f"- line length {facts.line_length}")
