@@ -250,3 +250,15 @@ def test_malformed_markers_stop_scaffold_with_the_line(
         "`<!-- pytest-agentic:end layout -->`\n"
     )
     assert (root / "AGENTS.md").read_text() == broken
+
+
+def test_shipped_templates_are_found_and_the_task_example_is_a_valid_spec() -> None:
+    from pytest_agentic.conventions.render import shipped_templates_dir
+    from pytest_agentic.tasks import parse_task_text
+
+    folder = shipped_templates_dir()
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == [
+        "AGENTS.md", "knowledge.md", "pointer.md", "task.toml"
+    ]
+    task = parse_task_text((folder / "task.toml").read_text(), folder / "example.toml")
+    assert task.id == "example" and task.scope
