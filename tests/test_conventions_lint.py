@@ -54,6 +54,7 @@ def test_fresh_init_is_clean(project: Path) -> None:
         ("See `docs/`. Fine: `src/demo/`, `cli.py:3` is not.", "`cli.py:3`: no such file"),
         ("[design](docs/design.md#top)", "link target docs/design.md: no such file or folder"),
         ("Run `pytest tests/test_nope.py`.", "`pytest tests/test_nope.py`: no test path"),
+        ("Run `python -m pytest -x testing`.", "`python -m pytest -x testing`: no test path"),
         (
             "Run `pytest tests/test_cli.py::test_gone`.",
             "`pytest tests/test_cli.py::test_gone`: no test_gone in tests/test_cli.py",
@@ -84,6 +85,7 @@ def test_commands_that_resolve_are_not_reported(project: Path) -> None:
         project,
         "```sh\npip install -e .\ndemo --help\npython -m demo.cli\npython -m json.tool\n"
         "pytest tests/test_cli.py::TestCli::test_help -k help\ntox -e lint,py312\n"
+        "pytest --reruns 3 tests\npytest -q --log-cli-level=INFO tests\n"
         "nox -s docs\nmake test\n```\n`pytest tests/test_cli.py::test_main[a-b]`, "
         "`demo run`, `<placeholder>/x.py`, `*.py`, `pathlib.Path`, https://x.org/a.md\n"
         "<!-- `not/checked.py` in a comment -->\n```text\nnot/checked/either.py\n```\n",

@@ -49,6 +49,11 @@ PYTEST_VALUE_OPTIONS = frozenset(
      "--deselect", "--maxfail", "--tb", "--durations", "--basetemp", "--confcutdir",
      "--override-ini", "--junitxml", "--log-level", "--dist", "--numprocesses"}
 )
+PYTEST_FLAGS = frozenset(
+    {"-x", "-q", "-v", "-vv", "-s", "-l", "-ra", "-rA", "--lf", "--ff", "--sw", "--nf",
+     "--exitfirst", "--quiet", "--verbose", "--last-failed", "--failed-first",
+     "--strict-markers", "--no-header", "--collect-only", "--co", "--pdb"}
+)
 FENCE_RE = re.compile(r"^\s*(```|~~~)\s*([\w+-]*)")
 CODE_SPAN_RE = re.compile(r"(?<!`)`([^`\n]+)`(?!`)")
 LINK_RE = re.compile(r"\[[^\]\n]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
@@ -197,13 +202,18 @@ def _test_names(path: Path) -> dict[str, set[str]]:
 
 
 def check_pytest_args(ctx: Context, args: list[str], shown: str) -> str | None:
+    """Why pytest's positional arguments (test paths and node ids) do not resolve, or None."""
     skip = False
+    # A bare word (`tests`) is a path only where no option could own it as a value: plugin
+    # options such as `--reruns 3` take separate values this list cannot know.
+    bare_is_path = True
     for arg in args:
         if skip:
-            skip = False
+            skip, bare_is_path = False, False
             continue
         if arg.startswith("-"):
             skip = arg in PYTEST_VALUE_OPTIONS
+            bare_is_path = arg in PYTEST_FLAGS or "=" in arg
             continue
         if "::" in arg:
             file, *names = arg.split("::")
@@ -215,9 +225,10 @@ def check_pytest_args(ctx: Context, args: list[str], shown: str) -> str | None:
                 return f"`{shown}`: no {names[0]} in {file}"
             if len(names) > 1 and names[1] not in found[names[0]]:
                 return f"`{shown}`: no {names[1]} in class {names[0]} of {file}"
-        elif looks_like_path(arg) or "/" in arg:
+        elif looks_like_path(arg) or "/" in arg or (bare_is_path and arg.isidentifier()):
             if not path_exists(ctx, arg):
                 return f"`{shown}`: no test path {arg}"
+        bare_is_path = True
     return None
 
 
