@@ -262,3 +262,13 @@ def test_shipped_templates_are_found_and_the_task_example_is_a_valid_spec() -> N
     ]
     task = parse_task_text((folder / "task.toml").read_text(), folder / "example.toml")
     assert task.id == "example" and task.scope
+
+
+def test_crlf_files_keep_their_sections() -> None:
+    text = "mine\r\n<!-- pytest-agentic:begin a -->\r\nold\r\n<!-- pytest-agentic:end a -->\r\n"
+    out = render_text(text, "<!-- pytest-agentic:begin a -->\n<!-- pytest-agentic:end a -->\n",
+                      {"a": "new"}, {}, "f")
+    # The new body's own line ending is \n; every marker and the user's text keep theirs.
+    assert out == (
+        "mine\r\n<!-- pytest-agentic:begin a -->\r\nnew\n<!-- pytest-agentic:end a -->\r\n"
+    )

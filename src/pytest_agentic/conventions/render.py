@@ -17,9 +17,8 @@ from pytest_agentic.config import Config
 from pytest_agentic.conventions.introspect import Package, RepoFacts
 from pytest_agentic.errors import AgenticError
 
-BEGIN_RE = re.compile(r"^<!-- pytest-agentic:begin ([A-Za-z0-9_.-]+) -->[ \t]*$", re.MULTILINE)
 ANY_MARKER_RE = re.compile(
-    r"^[ \t]*<!-- pytest-agentic:(begin|end) ([A-Za-z0-9_.-]+) -->[ \t]*$", re.MULTILINE
+    r"^[ \t]*<!-- pytest-agentic:(begin|end) ([A-Za-z0-9_.-]+) -->[ \t\r]*$", re.MULTILINE
 )
 AGENTS_MD = "AGENTS.md"
 # How many modules AGENTS.md lists one by one; beyond it, packages only (the knowledge files
