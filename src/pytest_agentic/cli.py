@@ -205,12 +205,27 @@ def scope_check(config: Config, args: argparse.Namespace) -> int:
     return run_check(Path.cwd(), base=args.base, task_id=args.task, prog=f"{PROG} scope check")
 
 
+# --- init -------------------------------------------------------------------------------
+
+
+def init(config: Config, args: argparse.Namespace) -> int:
+    from pytest_agentic.conventions.init import init_main
+
+    return init_main(["--dry-run"] if args.dry_run else [])
+
+
 # --- parser -----------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    init_cmd = commands.add_parser(
+        "init", help="write AGENTS.md, knowledge and pointer files, .gitignore lines, hooks"
+    )
+    init_cmd.add_argument("--dry-run", action="store_true", help="print the diff; write nothing")
+    init_cmd.set_defaults(func=init)
 
     task = commands.add_parser("task", help="task specs: new, start, stop, list, show, check")
     tasks = task.add_subparsers(dest="task_command", metavar="SUBCOMMAND", required=True)
