@@ -42,7 +42,7 @@ def _private_{i}() -> None:
 def make_repo(root: Path, modules: int, packages: int = 20) -> None:
     (root / "pyproject.toml").write_text(
         '[project]\nname = "big"\nversion = "1.0"\nrequires-python = ">=3.10"\n'
-        "[tool.ruff]\nline-length = 100\n[tool.pytest.ini_options]\ntestpaths = [\"tests\"]\n"
+        '[tool.ruff]\nline-length = 100\n[tool.pytest.ini_options]\ntestpaths = ["tests"]\n'
     )
     per = modules // packages
     for p in range(packages):
@@ -53,8 +53,13 @@ def make_repo(root: Path, modules: int, packages: int = 20) -> None:
             (pkg / f"mod{m:03d}.py").write_text(MODULE.format(i=m))
     (root / "tests").mkdir()
     (root / "tests" / "test_big.py").write_text("def test_ok():\n    pass\n")
-    env = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@x",
-           "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@x"}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "b",
+        "GIT_AUTHOR_EMAIL": "b@x",
+        "GIT_COMMITTER_NAME": "b",
+        "GIT_COMMITTER_EMAIL": "b@x",
+    }
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "big"]):
         subprocess.run(["git", *args], cwd=root, check=True, env=env)
 
@@ -83,8 +88,10 @@ def main() -> int:
             start = time.perf_counter()
             proc = subprocess.run([str(scaffold)], cwd=root, capture_output=True)
             took = time.perf_counter() - start
-            print(f"agentic-scaffold process, {count} modules, unchanged: {took:.3f} s "
-                  f"(exit {proc.returncode})")
+            print(
+                f"agentic-scaffold process, {count} modules, unchanged: {took:.3f} s "
+                f"(exit {proc.returncode})"
+            )
     return 0
 
 

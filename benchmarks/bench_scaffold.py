@@ -20,8 +20,11 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=10)
     args = parser.parse_args()
     script = Path(sys.executable).with_name("agentic-scaffold")
-    command = [str(script)] if script.exists() else [sys.executable, "-m",
-                                                      "pytest_agentic.hooks.scaffold"]
+    command = (
+        [str(script)]
+        if script.exists()
+        else [sys.executable, "-m", "pytest_agentic.hooks.scaffold"]
+    )
     subprocess.run(command, cwd=args.repo, capture_output=True)  # settle: files current
     times = []
     for _ in range(args.runs):

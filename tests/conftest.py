@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -117,3 +118,15 @@ def try_repo(pre_commit_home: Path) -> Callable[..., subprocess.CompletedProcess
         )
 
     return run
+
+
+@pytest.fixture
+def fake_anthropic(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The fake Messages API on 127.0.0.1; the real SDK reaches it through ANTHROPIC_BASE_URL."""
+    from fake_anthropic import FakeAnthropic
+
+    server = FakeAnthropic().start()
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-key")
+    yield server
+    server.stop()

@@ -14,7 +14,7 @@ from pytest_agentic.conventions.lint import CODEX_MAX_BYTES, estimate_tokens, li
 
 PROJECT = {
     "pyproject.toml": '[project]\nname = "demo"\n[project.scripts]\ndemo = "demo.cli:main"\n'
-    "[tool.pytest.ini_options]\ntestpaths = [\"tests\"]\n",
+    '[tool.pytest.ini_options]\ntestpaths = ["tests"]\n',
     "src/demo/__init__.py": '"""Demo."""\n',
     "src/demo/cli.py": '"""Command line."""\ndef main(): ...\n',
     "tests/test_cli.py": "def test_main(): pass\nclass TestCli:\n    def test_help(self): pass\n",
@@ -106,8 +106,9 @@ def test_missing_and_broken_sections(project: Path) -> None:
     )
     agents.write_text(text.replace("<!-- pytest-agentic:end layout -->\n", ""))
     found = problems(project)
-    assert any("section 'layout' is never closed" in p or "inside section 'layout'" in p
-               for p in found), found
+    assert any(
+        "section 'layout' is never closed" in p or "inside section 'layout'" in p for p in found
+    ), found
 
 
 def test_knowledge_front_matter_globs_must_match(project: Path) -> None:
@@ -154,9 +155,7 @@ def test_directory_chain_with_imports_over_32_kib(project: Path) -> None:
 
 
 def test_context_for_gives_agents_md_and_matching_knowledge(project: Path) -> None:
-    (project / "docs/knowledge/tests.md").write_text(
-        '---\npaths:\n  - "tests/**"\n---\n# tests\n'
-    )
+    (project / "docs/knowledge/tests.md").write_text('---\npaths:\n  - "tests/**"\n---\n# tests\n')
     assert matching_knowledge_files(project, ["src/demo/cli.py"]) == ["docs/knowledge/demo.md"]
     text = context_for(project, [str(project / "src/demo/cli.py"), "tests/test_cli.py"])
     assert text.startswith('<document path="AGENTS.md">\n# AGENTS.md\n')

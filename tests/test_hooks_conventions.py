@@ -96,10 +96,16 @@ def hook_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     if shutil.which("git") is None:
         pytest.skip("git not installed")
     copy = tmp_path_factory.mktemp("hook-repo")
-    files = subprocess.run(
-        ["git", "ls-files", "-z", "-co", "--exclude-standard"],
-        cwd=REPO, capture_output=True, check=True,
-    ).stdout.decode().split("\0")
+    files = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "-co", "--exclude-standard"],
+            cwd=REPO,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for rel in filter(None, files):
         if (REPO / rel).is_file():
             (copy / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -111,12 +117,17 @@ def hook_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def _env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("GIT_DIR", "GIT_INDEX_FILE", "GIT_WORK_TREE", "PRE_COMMIT"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("GIT_DIR", "GIT_INDEX_FILE", "GIT_WORK_TREE", "PRE_COMMIT"))
+    }
     env.update(
         PRE_COMMIT_HOME=str(home),
-        GIT_AUTHOR_NAME="A U Thor", GIT_AUTHOR_EMAIL="a@example.com",
-        GIT_COMMITTER_NAME="A U Thor", GIT_COMMITTER_EMAIL="a@example.com",
+        GIT_AUTHOR_NAME="A U Thor",
+        GIT_AUTHOR_EMAIL="a@example.com",
+        GIT_COMMITTER_NAME="A U Thor",
+        GIT_COMMITTER_EMAIL="a@example.com",
         GIT_CONFIG_NOSYSTEM="1",
     )
     return env
@@ -125,9 +136,21 @@ def _env(home: Path) -> dict[str, str]:
 def try_repo(hook_repo: tuple[Path, Path], cwd: Path, hook_id: str) -> tuple[int, str]:
     repo, home = hook_repo
     proc = subprocess.run(
-        [sys.executable, "-m", "pre_commit", "try-repo", str(repo), hook_id, "--all-files",
-         "--color=never"],
-        cwd=cwd, capture_output=True, text=True, env=_env(home), timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "pre_commit",
+            "try-repo",
+            str(repo),
+            hook_id,
+            "--all-files",
+            "--color=never",
+        ],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=_env(home),
+        timeout=600,
     )
     return proc.returncode, proc.stdout + proc.stderr
 

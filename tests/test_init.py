@@ -21,8 +21,8 @@ from pytest_agentic.errors import AgenticError
 
 SRC_PROJECT = {
     "pyproject.toml": '[project]\nname = "demo"\nrequires-python = ">=3.10"\n'
-    "[project.scripts]\ndemo = \"demo.cli:main\"\n"
-    "[tool.pytest.ini_options]\ntestpaths = [\"tests\"]\n",
+    '[project.scripts]\ndemo = "demo.cli:main"\n'
+    '[tool.pytest.ini_options]\ntestpaths = ["tests"]\n',
     "src/demo/__init__.py": '"""Demo: does demo things."""\n',
     "src/demo/cli.py": '"""Command line."""\ndef main(): ...\n',
     "src/other/__init__.py": '"""Other."""\n',
@@ -117,7 +117,13 @@ def test_missing_section_is_appended_with_its_heading(
     assert text.startswith("# Ours\n\nHand-written only.\n\n<!-- pytest-agentic:begin overview")
     assert "\n## Testing\n<!-- pytest-agentic:begin testing -->\n" in text
     assert [s.name for s in parse_sections(text)] == [
-        "overview", "commands", "layout", "conventions", "testing", "tasks", "boundaries"
+        "overview",
+        "commands",
+        "layout",
+        "conventions",
+        "testing",
+        "tasks",
+        "boundaries",
     ]
 
 
@@ -182,7 +188,10 @@ def test_precommit_config_gets_our_hooks_without_disturbing_the_rest() -> None:
     assert new.endswith("\nci:\n  autofix_prs: false\n")
     data = yaml.safe_load(new)
     assert [h["id"] for r in data["repos"] for h in r["hooks"]] == [
-        "black", "agentic-scope", "agentic-scaffold", "agentic-conventions"
+        "black",
+        "agentic-scope",
+        "agentic-scaffold",
+        "agentic-conventions",
     ]
     assert data["ci"] == {"autofix_prs": False}
     assert plan_precommit_config(new) == new
@@ -225,9 +234,11 @@ def test_knowledge_front_matter_and_notes_are_the_users(
     monkeypatch.chdir(root)
     init_main([])
     knowledge = root / "docs/knowledge/demo.md"
-    text = knowledge.read_text().replace(
-        '  - "src/demo/**"\n', '  - "src/demo/**"\n  - "tests/test_cli.py"\n'
-    ).replace("## Invariants\n", "## Invariants\nmain() never raises.\n")
+    text = (
+        knowledge.read_text()
+        .replace('  - "src/demo/**"\n', '  - "src/demo/**"\n  - "tests/test_cli.py"\n')
+        .replace("## Invariants\n", "## Invariants\nmain() never raises.\n")
+    )
     knowledge.write_text(text)
     (root / "src/demo/extra.py").write_text('"""Extra."""\n')
     init_main([])
@@ -258,7 +269,10 @@ def test_shipped_templates_are_found_and_the_task_example_is_a_valid_spec() -> N
 
     folder = shipped_templates_dir()
     assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == [
-        "AGENTS.md", "knowledge.md", "pointer.md", "task.toml"
+        "AGENTS.md",
+        "knowledge.md",
+        "pointer.md",
+        "task.toml",
     ]
     task = parse_task_text((folder / "task.toml").read_text(), folder / "example.toml")
     assert task.id == "example" and task.scope
@@ -266,8 +280,13 @@ def test_shipped_templates_are_found_and_the_task_example_is_a_valid_spec() -> N
 
 def test_crlf_files_keep_their_sections() -> None:
     text = "mine\r\n<!-- pytest-agentic:begin a -->\r\nold\r\n<!-- pytest-agentic:end a -->\r\n"
-    out = render_text(text, "<!-- pytest-agentic:begin a -->\n<!-- pytest-agentic:end a -->\n",
-                      {"a": "new"}, {}, "f")
+    out = render_text(
+        text,
+        "<!-- pytest-agentic:begin a -->\n<!-- pytest-agentic:end a -->\n",
+        {"a": "new"},
+        {},
+        "f",
+    )
     # The new body's own line ending is \n; every marker and the user's text keep theirs.
     assert out == (
         "mine\r\n<!-- pytest-agentic:begin a -->\r\nnew\n<!-- pytest-agentic:end a -->\r\n"

@@ -2,19 +2,136 @@
 
 Importing this module must stay cheap: it is loaded in every pytest session of every project
 that has pytest-agentic installed. Heavy modules (the fixer, `anthropic`) are imported only
-when `--agent-fix` is given.
+when `--agent-fix` is given (or `fix = true` in `[tool.pytest-agentic]`).
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import Any
+
 import pytest
+
+HELP_FIX = "send each confirmed failure to a coding agent; keep only verified fixes."
+HELP_MAX_ATTEMPTS = "attempts per failure before giving up (default 3)."
+HELP_MODEL = "the Claude model the agent uses (default: a current Sonnet)."
+HELP_MAX_TURNS = "tool-use turns per attempt (default 25)."
+HELP_BUDGET = "stop dispatching failures once this many tokens are spent (default: no limit)."
+HELP_DRY_RUN = "propose patches in .agentic/runs/ but leave the working tree as it was."
+HELP_REPORT = "also write the JSON report to PATH."
+
+# option dest -> (config key, kind) ; kinds as in config.KEYS
+_SETTINGS = {
+    "agent_max_attempts": "max_attempts",
+    "agent_model": "model",
+    "agent_max_turns": "max_turns",
+    "agent_budget_tokens": "budget_tokens",
+    "agent_dry_run": "dry_run",
+    "agent_report": "report",
+}
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise pytest.UsageError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise pytest.UsageError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("agentic", "pytest-agentic: fix failing tests with a coding agent")
-    group.addoption(
-        "--agent-fix",
-        action="store_true",
-        default=None,
-        help="send each confirmed failure to a coding agent; keep only verified fixes.",
+    group.addoption("--agent-fix", action="store_true", default=None, help=HELP_FIX)
+    group.addoption("--agent-max-attempts", type=_positive_int, metavar="N", help=HELP_MAX_ATTEMPTS)
+    group.addoption("--agent-model", metavar="NAME", help=HELP_MODEL)
+    group.addoption("--agent-max-turns", type=_positive_int, metavar="N", help=HELP_MAX_TURNS)
+    group.addoption("--agent-budget-tokens", type=_positive_int, metavar="N", help=HELP_BUDGET)
+    group.addoption("--agent-dry-run", action="store_true", default=None, help=HELP_DRY_RUN)
+    group.addoption("--agent-report", metavar="PATH", help=HELP_REPORT)
+
+
+def _wants_fix(config: pytest.Config) -> bool:
+    if config.getoption("agent_fix"):
+        return True
+    # `fix = true` in pyproject also turns it on. Peek at the text before parsing, so a
+    # session without our table pays for one small file read, not a TOML parse.
+    path = Path(config.rootpath) / "pyproject.toml"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    if "pytest-agentic" not in text or "fix" not in text:
+        return False
+    from pytest_agentic.config import load_config
+    from pytest_agentic.errors import AgenticError
+
+    try:
+        return bool(load_config(Path(config.rootpath))["fix"])
+    except AgenticError:
+        return False  # reported when the fix loop is asked for; a plain run is unaffected
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("PYTEST_AGENTIC_RERUN") or not _wants_fix(config):
+        return
+    if hasattr(config, "workerinput"):
+        return  # an xdist worker: the controller runs the fix loop
+    from pytest_agentic.fixer import FixSession
+
+    config.pluginmanager.register(FixSession(config, resolve_settings(config)), "agentic-fixer")
+
+
+def resolve_settings(config: pytest.Config) -> Any:
+    """Each setting: command line, else `[tool.pytest-agentic]`, else the default.
+
+    Errors become `pytest.UsageError` (exit status 4), one line, before any test runs.
+    """
+    from pytest_agentic.agent import DEFAULT_MODEL
+    from pytest_agentic.config import load_config
+    from pytest_agentic.errors import AgenticError
+    from pytest_agentic.fixer import Settings
+    from pytest_agentic.runner import RerunSettings, session_args
+    from pytest_agentic.tasks import active_task
+
+    root = Path(config.rootpath)
+    try:
+        settings_file = load_config(root)
+        task = active_task(settings_file)
+    except AgenticError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+    def value(dest: str) -> Any:
+        given = config.getoption(dest)
+        return given if given is not None else settings_file[_SETTINGS[dest]]
+
+    if not any(
+        os.environ.get(name)
+        for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_PROFILE")
+    ):
+        raise pytest.UsageError(
+            "--agent-fix needs an Anthropic API key: set ANTHROPIC_API_KEY "
+            "(or ANTHROPIC_AUTH_TOKEN)"
+        )
+    report = value("agent_report")
+    rerun = RerunSettings(
+        rootdir=root,
+        inifile=Path(config.inipath) if config.inipath else None,
+        extra_args=session_args(
+            config.invocation_params.args, config.pluginmanager.hasplugin("xdist")
+        ),
+        timeout=float(settings_file["rerun_timeout"]),
+    )
+    return Settings(
+        max_attempts=int(value("agent_max_attempts")),
+        model=str(value("agent_model") or DEFAULT_MODEL),
+        max_turns=int(value("agent_max_turns")),
+        budget_tokens=value("agent_budget_tokens"),
+        dry_run=bool(value("agent_dry_run")),
+        report=(Path(config.invocation_params.dir) / report) if report else None,
+        rerun=rerun,
+        protected=tuple(settings_file.protected),
+        task=task,
     )

@@ -26,20 +26,53 @@ else:  # pragma: no cover - exercised on 3.10 only
 # Folders that are never source code of the project itself.
 SKIP_DIRS = frozenset(
     {
-        ".git", ".hg", ".svn", ".tox", ".nox", ".venv", "venv", "env", "__pycache__",
-        "node_modules", "build", "dist", "site-packages", ".mypy_cache", ".ruff_cache",
-        ".pytest_cache", ".eggs",
+        ".git",
+        ".hg",
+        ".svn",
+        ".tox",
+        ".nox",
+        ".venv",
+        "venv",
+        "env",
+        "__pycache__",
+        "node_modules",
+        "build",
+        "dist",
+        "site-packages",
+        ".mypy_cache",
+        ".ruff_cache",
+        ".pytest_cache",
+        ".eggs",
     }
 )
 # Top-level folders of a flat layout that hold no importable package of the project.
 NOT_PACKAGES = frozenset(
-    {"tests", "test", "testing", "docs", "doc", "examples", "example", "benchmarks",
-     "scripts", "tools", "templates", "ci", "bin"}
+    {
+        "tests",
+        "test",
+        "testing",
+        "docs",
+        "doc",
+        "examples",
+        "example",
+        "benchmarks",
+        "scripts",
+        "tools",
+        "templates",
+        "ci",
+        "bin",
+    }
 )
 TOOLS = ("ruff", "black", "isort", "flake8", "mypy", "pyright")
 CI_GLOBS = (
-    ".github/workflows/", ".gitlab-ci.yml", ".circleci/", "azure-pipelines.yml",
-    ".travis.yml", "Jenkinsfile", ".ci/", "bitbucket-pipelines.yml",
+    ".github/workflows/",
+    ".gitlab-ci.yml",
+    ".circleci/",
+    "azure-pipelines.yml",
+    ".travis.yml",
+    "Jenkinsfile",
+    ".ci/",
+    "bitbucket-pipelines.yml",
 )
 
 
@@ -150,9 +183,7 @@ def list_files(root: Path) -> tuple[str, ...]:
         return tuple(n for n in seen if not set(n.split("/")[:-1]) & SKIP_DIRS)
     out: list[str] = []
     for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(
-            d for d in dirs if d not in SKIP_DIRS and not d.endswith(".egg-info")
-        )
+        dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS and not d.endswith(".egg-info"))
         rel = os.path.relpath(folder, root)
         for name in files:
             out.append(name if rel == "." else f"{rel}/{name}".replace(os.sep, "/"))
@@ -398,12 +429,11 @@ def read_test_setup(root: Path, pyproject: Mapping[str, Any], files: tuple[str, 
             if parsed is not None and parsed.has_section(section):
                 config, options = f"{name} [{section}]", dict(parsed.items(section))
                 break
-    testpaths = tuple(
-        p for v in _lines(options.get("testpaths")) for p in v.split()
-    )
+    testpaths = tuple(p for v in _lines(options.get("testpaths")) for p in v.split())
     warnings = _lines(options.get("filterwarnings"))
-    test_files = [f for f in files if f.endswith(".py") and _is_test_file(f)
-                  and not f.endswith("conftest.py")]
+    test_files = [
+        f for f in files if f.endswith(".py") and _is_test_file(f) and not f.endswith("conftest.py")
+    ]
     test_dirs = sorted({f.split("/", 1)[0] for f in test_files if "/" in f})
     conftests = tuple(f for f in files if f.rsplit("/", 1)[-1] == "conftest.py")
     return TestSetup(
@@ -553,8 +583,13 @@ def install_commands(
     if has_project:
         dev = next((e for e in ("dev", "test", "tests", "testing") if e in extras), None)
         commands.append(f'pip install -e ".[{dev}]"' if dev else "pip install -e .")
-    for req in ("requirements.txt", "requirements-dev.txt", "requirements-test.txt",
-                "requirements/dev.txt", "requirements/test.txt"):
+    for req in (
+        "requirements.txt",
+        "requirements-dev.txt",
+        "requirements-test.txt",
+        "requirements/dev.txt",
+        "requirements/test.txt",
+    ):
         if req in files:
             commands.append(f"pip install -r {req}")
     return tuple(commands)
@@ -590,8 +625,10 @@ def introspect(
         description, python = project.get("description"), project.get("requires-python")
     elif poetry:
         source = "pyproject.toml [tool.poetry]"
-        name, version, description = poetry.get("name"), poetry.get("version"), poetry.get(
-            "description"
+        name, version, description = (
+            poetry.get("name"),
+            poetry.get("version"),
+            poetry.get("description"),
         )
         python = _table(poetry, "dependencies").get("python")
     elif cfg("metadata", "name"):
@@ -639,12 +676,15 @@ def introspect(
 
     layout, packages = find_packages(root, files)
     hooks = (
-        read_precommit_hooks(root, precommit_config)
-        if ".pre-commit-config.yaml" in files
-        else ()
+        read_precommit_hooks(root, precommit_config) if ".pre-commit-config.yaml" in files else ()
     )
-    has_project = bool(project or poetry or setup_py or "setup.py" in files
-                       or (setup_cfg is not None and setup_cfg.has_section("metadata")))
+    has_project = bool(
+        project
+        or poetry
+        or setup_py
+        or "setup.py" in files
+        or (setup_cfg is not None and setup_cfg.has_section("metadata"))
+    )
     return RepoFacts(
         root=root,
         files=files,

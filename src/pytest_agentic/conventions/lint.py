@@ -33,26 +33,116 @@ CODEX_MAX_BYTES = 32 * 1024
 #: Claude Code follows `@` imports this many levels deep.
 IMPORT_DEPTH = 5
 PATH_EXTENSIONS = frozenset(
-    {".py", ".pyi", ".md", ".rst", ".txt", ".toml", ".cfg", ".ini", ".yaml", ".yml", ".json",
-     ".lock", ".sh", ".in", ".csv", ".html", ".js", ".ts"}
+    {
+        ".py",
+        ".pyi",
+        ".md",
+        ".rst",
+        ".txt",
+        ".toml",
+        ".cfg",
+        ".ini",
+        ".yaml",
+        ".yml",
+        ".json",
+        ".lock",
+        ".sh",
+        ".in",
+        ".csv",
+        ".html",
+        ".js",
+        ".ts",
+    }
 )
 SHELL_FENCES = frozenset({"sh", "bash", "shell", "console", "zsh"})
 # Commands that exist wherever the project is worked on; their arguments are not checked.
 KNOWN_TOOLS = frozenset(
-    {"pip", "pip3", "uv", "uvx", "pipx", "poetry", "hatch", "pdm", "pre-commit", "git", "ruff",
-     "black", "isort", "flake8", "mypy", "pyright", "coverage", "twine", "cd", "export",
-     "source", "echo", "cat", "ls", "mkdir", "rm", "cp", "mv", "env", "docker", "npm", "npx"}
+    {
+        "pip",
+        "pip3",
+        "uv",
+        "uvx",
+        "pipx",
+        "poetry",
+        "hatch",
+        "pdm",
+        "pre-commit",
+        "git",
+        "ruff",
+        "black",
+        "isort",
+        "flake8",
+        "mypy",
+        "pyright",
+        "coverage",
+        "twine",
+        "cd",
+        "export",
+        "source",
+        "echo",
+        "cat",
+        "ls",
+        "mkdir",
+        "rm",
+        "cp",
+        "mv",
+        "env",
+        "docker",
+        "npm",
+        "npx",
+    }
 )
 PYTHONS = frozenset({"python", "python3", "py"})
 PYTEST_VALUE_OPTIONS = frozenset(
-    {"-k", "-m", "-p", "-c", "-o", "-W", "-n", "--rootdir", "--ignore", "--ignore-glob",
-     "--deselect", "--maxfail", "--tb", "--durations", "--basetemp", "--confcutdir",
-     "--override-ini", "--junitxml", "--log-level", "--dist", "--numprocesses"}
+    {
+        "-k",
+        "-m",
+        "-p",
+        "-c",
+        "-o",
+        "-W",
+        "-n",
+        "--rootdir",
+        "--ignore",
+        "--ignore-glob",
+        "--deselect",
+        "--maxfail",
+        "--tb",
+        "--durations",
+        "--basetemp",
+        "--confcutdir",
+        "--override-ini",
+        "--junitxml",
+        "--log-level",
+        "--dist",
+        "--numprocesses",
+    }
 )
 PYTEST_FLAGS = frozenset(
-    {"-x", "-q", "-v", "-vv", "-s", "-l", "-ra", "-rA", "--lf", "--ff", "--sw", "--nf",
-     "--exitfirst", "--quiet", "--verbose", "--last-failed", "--failed-first",
-     "--strict-markers", "--no-header", "--collect-only", "--co", "--pdb"}
+    {
+        "-x",
+        "-q",
+        "-v",
+        "-vv",
+        "-s",
+        "-l",
+        "-ra",
+        "-rA",
+        "--lf",
+        "--ff",
+        "--sw",
+        "--nf",
+        "--exitfirst",
+        "--quiet",
+        "--verbose",
+        "--last-failed",
+        "--failed-first",
+        "--strict-markers",
+        "--no-header",
+        "--collect-only",
+        "--co",
+        "--pdb",
+    }
 )
 FENCE_RE = re.compile(r"^\s*(```|~~~)\s*([\w+-]*)")
 CODE_SPAN_RE = re.compile(r"(?<!`)`([^`\n]+)`(?!`)")
@@ -195,7 +285,8 @@ def _test_names(path: Path) -> dict[str, set[str]]:
             names[node.name] = set()
         elif isinstance(node, ast.ClassDef):
             names[node.name] = {
-                n.name for n in node.body
+                n.name
+                for n in node.body
                 if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
             }
     return names
@@ -379,7 +470,8 @@ def check_sections(rel: str, text: str, required: list[str]) -> list[Problem]:
         return [Problem(rel, line, message)]
     return [
         Problem(
-            rel, 1,
+            rel,
+            1,
             f"missing required section '{name}' (<!-- pytest-agentic:begin {name} -->); "
             "run agentic-scaffold",
         )
@@ -513,20 +605,26 @@ def lint(config: Config, facts: RepoFacts | None = None) -> list[Problem]:
             tokens = estimate_tokens(text)
             budget = config["agents_md_budget_tokens"]
             if tokens > budget:
-                problems.append(Problem(
-                    rel, 1,
-                    f"about {tokens:,} tokens (estimated as characters / 4), over the budget "
-                    f"of {budget:,} (agents_md_budget_tokens)",
-                ))
+                problems.append(
+                    Problem(
+                        rel,
+                        1,
+                        f"about {tokens:,} tokens (estimated as characters / 4), over the budget "
+                        f"of {budget:,} (agents_md_budget_tokens)",
+                    )
+                )
         problems += check_references(ctx, rel, text)
         directory = os.path.dirname(rel)
         size = loaded_bytes(ctx, directory)
         if size > CODEX_MAX_BYTES:
-            problems.append(Problem(
-                rel, 1,
-                f"{directory or 'the root'} loads {size:,} bytes (its AGENTS.md chain plus @ "
-                f"imports), over the {CODEX_MAX_BYTES:,} bytes (32 KiB) Codex reads",
-            ))
+            problems.append(
+                Problem(
+                    rel,
+                    1,
+                    f"{directory or 'the root'} loads {size:,} bytes (its AGENTS.md chain plus @ "
+                    f"imports), over the {CODEX_MAX_BYTES:,} bytes (32 KiB) Codex reads",
+                )
+            )
 
     knowledge_dir = str(config["knowledge_dir"]).strip("/")
     for rel in sorted(f for f in ctx.files if f.startswith(knowledge_dir + "/")):

@@ -139,8 +139,13 @@ def render_text(
             text += "\n"
         body = contents.get(section.name, "").strip("\n")
         text += (
-            "\n" + _heading_before(template, section) + begin_marker(section.name) + "\n"
-            + (body + "\n" if body else "") + end_marker(section.name) + "\n"
+            "\n"
+            + _heading_before(template, section)
+            + begin_marker(section.name)
+            + "\n"
+            + (body + "\n" if body else "")
+            + end_marker(section.name)
+            + "\n"
         )
     return text
 
@@ -297,8 +302,9 @@ def layout_section(facts: RepoFacts, config: Config) -> str:
     if facts.entry_points:
         lines.append(
             "Entry points: "
-            + ", ".join(f"{group} {_code(name)} ({target})" for group, name, target
-                        in facts.entry_points)
+            + ", ".join(
+                f"{group} {_code(name)} ({target})" for group, name, target in facts.entry_points
+            )
             + "."
         )
     return "\n".join(lines)

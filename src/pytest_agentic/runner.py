@@ -1,0 +1,133 @@
+"""Re-running node ids in a subprocess, the way the user's session ran them, and reading outcomes.
+
+A re-run inherits the session's environment variables, rootdir, ini file and explicitly named
+plugins (`-p`), options that change collection (`-o`, `-W`, `--import-mode`, `--confcutdir`,
+`--noconftest`): a re-run that differs from the original run would give verdicts that mean nothing.
+It never distributes (`-n 0` when xdist is present) and never starts another fix loop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ENV_RERUN = "PYTEST_AGENTIC_RERUN"
+_PASSED_WITH_VALUE = (
+    "-p",
+    "-o",
+    "--override-ini",
+    "-W",
+    "--pythonwarnings",
+    "--import-mode",
+    "--confcutdir",
+)
+_PASSED_FLAGS = ("--noconftest",)
+OUTPUT_LIMIT = 12_000
+
+
+@dataclass(frozen=True)
+class RerunSettings:
+    """What a re-run needs to match the session: taken once from the pytest config."""
+
+    rootdir: Path
+    inifile: Path | None = None
+    extra_args: tuple[str, ...] = ()
+    timeout: float = 300.0
+
+
+@dataclass(frozen=True)
+class RunResult:
+    outcomes: dict[str, str] = field(default_factory=dict)
+    output: str = ""
+    seconds: float = 0.0
+    timed_out: bool = False
+
+    def passed(self, nodeids: Sequence[str]) -> bool:
+        return not self.timed_out and all(self.outcomes.get(n) == "passed" for n in nodeids)
+
+    def failing(self, nodeids: Sequence[str]) -> list[str]:
+        return [n for n in nodeids if self.timed_out or self.outcomes.get(n) != "passed"]
+
+
+def session_args(args: Sequence[str], has_xdist: bool) -> tuple[str, ...]:
+    """The options of the original command line that a re-run must repeat."""
+    kept: list[str] = []
+    items = list(args)
+    i = 0
+    while i < len(items):
+        arg = items[i]
+        name = arg.split("=", 1)[0]
+        if name in _PASSED_WITH_VALUE:
+            if "=" in arg or (arg.startswith("-p") and len(arg) > 2 and name == arg):
+                kept.append(arg)
+            elif i + 1 < len(items):
+                kept.extend([arg, items[i + 1]])
+                i += 1
+        elif arg.startswith("-p") and len(arg) > 2:  # -pname
+            kept.append(arg)
+        elif name in _PASSED_FLAGS:
+            kept.append(arg)
+        i += 1
+    if has_xdist:
+        kept.extend(["-n", "0"])
+    return tuple(kept)
+
+
+def run_tests(nodeids: Sequence[str], settings: RerunSettings) -> RunResult:
+    """Run `nodeids` in a fresh pytest process; outcomes keyed by node id."""
+    with tempfile.TemporaryDirectory(prefix="pytest-agentic-") as tmp:
+        out = Path(tmp) / "outcomes.json"
+        cmd = [sys.executable, "-m", "pytest", "--rootdir", str(settings.rootdir)]
+        if settings.inifile is not None:
+            cmd += ["-c", str(settings.inifile)]
+        cmd += [
+            "-p",
+            "pytest_agentic._rerun",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "--tb=short",
+            "-rfE",
+            *settings.extra_args,
+            *nodeids,
+        ]
+        env = {**os.environ, ENV_RERUN: "1", "PYTEST_AGENTIC_RERUN_OUT": str(out)}
+        env.pop("PYTEST_XDIST_WORKER", None)
+        start = time.perf_counter()
+        try:
+            proc = subprocess.run(
+                cmd,
+                cwd=settings.rootdir,
+                env=env,
+                capture_output=True,
+                text=True,
+                errors="replace",
+                timeout=settings.timeout,
+                stdin=subprocess.DEVNULL,
+            )
+        except subprocess.TimeoutExpired as exc:
+            text = exc.stdout if isinstance(exc.stdout, str) else ""
+            return RunResult(
+                output=_tail(text) + f"\n[timed out after {settings.timeout:g} s]",
+                seconds=time.perf_counter() - start,
+                timed_out=True,
+            )
+        outcomes: dict[str, str] = {}
+        if out.is_file():
+            outcomes = json.loads(out.read_text(encoding="utf-8"))
+        return RunResult(
+            outcomes=outcomes,
+            output=_tail(proc.stdout + proc.stderr),
+            seconds=time.perf_counter() - start,
+        )
+
+
+def _tail(text: str) -> str:
+    return text if len(text) <= OUTPUT_LIMIT else "[...]\n" + text[-OUTPUT_LIMIT:]

@@ -1,0 +1,458 @@
+"""`pytest --agent-fix` end to end: pytester runs, the real SDK, the fake Messages API."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fake_anthropic import ApiError, FakeAnthropic, done, edit, message, text, tool_use
+
+PYPROJECT = """\
+[tool.pytest.ini_options]
+pythonpath = ["."]
+filterwarnings = ["error"]
+"""
+CALC = "def add(a, b):\n    return a - b\n\n\ndef mul(a, b):\n    return a * b\n"
+TEST_CALC = (
+    "from calc import add, mul\n\n\ndef test_add():\n    assert add(2, 3) == 5\n\n\n"
+    "def test_mul():\n    assert mul(2, 3) == 6\n"
+)
+FIX = edit("calc.py", "return a - b", "return a + b")
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester) -> Path:
+    pytester.makepyprojecttoml(PYPROJECT)
+    (pytester.path / "calc.py").write_text(CALC)
+    (pytester.path / "tests").mkdir()
+    (pytester.path / "tests" / "test_calc.py").write_text(TEST_CALC)
+    return pytester.path
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+        and ".agentic" not in p.parts
+        and "__pycache__" not in p.parts
+        and ".pytest_cache" not in p.parts
+    }
+
+
+def load_report(root: Path) -> dict[str, Any]:
+    (report,) = root.glob(".agentic/runs/*/report.json")
+    return json.loads(report.read_text())
+
+
+def test_fixed_first_time(
+    pytester: pytest.Pytester, project: Path, fake_anthropic: FakeAnthropic
+) -> None:
+    fake_anthropic.reply(message(text("The operator is wrong."), FIX), done())
+    result = pytester.runpytest("--agent-fix", "--agent-report", "fix.json")
+    assert result.ret == 0
+    assert (project / "calc.py").read_text() == CALC.replace("a - b", "a + b")
+    result.stdout.fnmatch_lines(
+        [
+            "*= pytest-agentic fix =*",
+            "fixed in 1 attempt: tests/test_calc.py::test_add",
+            "files changed: calc.py",
+            "tokens: * input, * output, * cache read, * cache write; estimated cost $*",
+        ]
+    )
+    report = json.loads((project / "fix.json").read_text())
+    assert report["failures"] == [
+        {
+            "nodeid": "tests/test_calc.py::test_add",
+            "outcome": "fixed",
+            "attempts": 1,
+            "files_changed": ["calc.py"],
+            "reason": "",
+        }
+    ]
+    assert set(report["usage"]) == {
+        "input_tokens",
+        "output_tokens",
+        "cache_read_input_tokens",
+        "cache_creation_input_tokens",
+    }
+    assert load_report(project) == report
+    (patch,) = project.glob(".agentic/runs/*/*.patch")
+    assert "-    return a - b\n+    return a + b\n" in patch.read_text()
+    assert list(project.glob(".agentic/runs/*/transcripts/*attempt1.json"))
+    assert not (project / ".agentic/journal").exists()
+
+    # What the model was sent: the node id, the failure, the test and the code around it.
+    first = fake_anthropic.requests[0]
+    assert first.headers["authorization"] == "Bearer sk-ant-test-key" or (
+        first.headers.get("x-api-key") == "sk-ant-test-key"
+    )
+    assert "anthropic-version" in first.headers
+    assert {"type": "text_editor_20250728", "name": "str_replace_based_edit_tool"} in (
+        first.body["tools"]
+    )
+    prompt = first.body["messages"][0]["content"][0]["text"]
+    assert "- tests/test_calc.py::test_add" in prompt
+    assert "assert add(2, 3) == 5" in prompt
+    assert "Imported by the test: calc.py" in prompt
+    assert "return a - b" in prompt  # the code under test
+    assert "test_mul" not in prompt.split("Test source")[0]
+    # The tool result went back as its own block, answering the tool_use id.
+    (result_block,) = fake_anthropic.requests[1].tool_results()
+    assert result_block["tool_use_id"] == FIX["id"]
+    assert "is_error" not in result_block
+
+
+def test_prompt_cache_is_read_on_later_turns(
+    pytester: pytest.Pytester, project: Path, fake_anthropic: FakeAnthropic
+) -> None:
+    fake_anthropic.reply(
+        message(tool_use("str_replace_based_edit_tool", command="view", path="calc.py")),
+        message(tool_use("run_tests")),
+        message(FIX),
+        done(),
+    )
+    result = pytester.runpytest("--agent-fix")
+    assert result.ret == 0
+    usages = [r for r in fake_anthropic.requests]
+    assert len(usages) == 4
+    report = load_report(project)
+    assert report["usage"]["cache_read_input_tokens"] > report["usage"]["input_tokens"]
+    # Every request after the first carries a breakpoint on its newest message.
+    for request in fake_anthropic.requests[1:]:
+        assert "cache_control" in request.last_user[-1]
+
+
+def test_fixed_on_the_second_attempt_after_a_revert(
+    pytester: pytest.Pytester, project: Path, fake_anthropic: FakeAnthropic
+) -> None:
+    wrong = edit("calc.py", "return a - b", "return a * b")
+    fake_anthropic.reply(message(wrong), done(), message(FIX), done())
+    result = pytester.runpytest("--agent-fix")
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["fixed in 2 attempts: tests/test_calc.py::test_add"])
+    # The second attempt started from the original file and was told what went wrong.
+    second = fake_anthropic.requests[2]
+    feedback = second.body["messages"][0]["content"][-1]["text"]
+    assert feedback.startswith("Attempt 1 did not fix it: the test still fails")
+    assert (project / "calc.py").read_text() == CALC.replace("a - b", "a + b")
+
+
+def test_never_fixed_leaves_every_file_byte_identical(
+    pytester: pytest.Pytester, project: Path, fake_anthropic: FakeAnthropic
+) -> None:
+    before = snapshot(project)
+    wrong = edit("calc.py", "return a - b", "return a * b")
+    create = tool_use(
+        "str_replace_based_edit_tool", command="create", path="helpers/new.py", file_text="x = 1\n"
+    )
+    for _ in range(2):
+        fake_anthropic.reply(message(wrong, create), done())
+    result = pytester.runpytest("--agent-fix", "--agent-max-attempts", "2")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["not fixed (the test still fails*): tests/test_calc.py::test_add"])
+    assert snapshot(project) == before
+    assert not (project / "helpers").exists() or not any((project / "helpers").iterdir())
+    assert load_report(project)["failures"][0]["attempts"] == 2
+
+
+@pytest.mark.parametrize(
+    ("path", "reason"),
+    [
+        ("tests/test_calc.py", "protected (matches the `protected` globs)"),
+        ("../outside.py", "outside the project root"),
+        (".git/config", "inside .git"),
+        ("escape/evil.py", "a symlink leads outside the project root"),
+    ],
+)
+def test_forbidden_edits_are_refused_as_tool_errors(
+    pytester: pytest.Pytester,
+    project: Path,
+    fake_anthropic: FakeAnthropic,
+    tmp_path: Path,
+    path: str,
+    reason: str,
+) -> None:
+    (project / ".git").mkdir()
+    (project / ".git/config").write_text("[core]\n")
+    outside = tmp_path / "outside-dir"
+    outside.mkdir()
+    (project / "escape").symlink_to(outside)
+    before = snapshot(project)
+    attack = tool_use(
+        "str_replace_based_edit_tool",
+        command="create",
+        path=path,
+        file_text="def test_add():\n    pass\n",
+    )
+    fake_anthropic.reply(message(attack), done("I could not."))
+    result = pytester.runpytest("--agent-fix", "--agent-max-attempts", "1")
+    assert result.ret == 1
+    (refusal,) = fake_anthropic.requests[1].tool_results()
+    assert refusal["is_error"] is True
+    assert reason in refusal["content"]
+    assert "The file was not changed." in refusal["content"]
+    assert snapshot(project) == before
+    assert list(outside.iterdir()) == []
+    assert not (project.parent / "outside.py").exists()
+
+
+def test_out_of_scope_edit_is_refused_under_an_active_task(
+    pytester: pytest.Pytester,
+    project: Path,
+    fake_anthropic: FakeAnthropic,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tasks = project / ".agentic/tasks"
+    tasks.mkdir(parents=True)
+    (tasks / "docs.toml").write_text('goal = "Write docs"\nscope = ["docs/**"]\n')
+    monkeypatch.setenv("PYTEST_AGENTIC_TASK", "docs")
+    fake_anthropic.reply(message(FIX), done())
+    result = pytester.runpytest("--agent-fix", "--agent-max-attempts", "1")
+    assert result.ret == 1
+    (refusal,) = fake_anthropic.requests[1].tool_results()
+    assert refusal["is_error"] is True
+    assert "outside the scope of task 'docs'" in refusal["content"]
+    assert (project / "calc.py").read_text() == CALC
+    prompt = fake_anthropic.requests[0].body["messages"][0]["content"][0]["text"]
+    assert "## Active task 'docs'\nWrite docs" in prompt
+
+
+def test_overloaded_529_is_retried_by_the_sdk(
+    pytester: pytest.Pytester, project: Path, fake_anthropic: FakeAnthropic
+) -> None:
+    fake_anthropic.reply(ApiError(529, "overloaded_error", "Overloaded"), message(FIX), done())
+    result = pytester.runpytest("--agent-fix")
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["fixed in 1 attempt: *test_add"])
+
+
+def test_500_forever_fails_the_attempt_without_a_traceback(
+    pytester: pytest.Pytester, project: Path, fake_anthropic: FakeAnthropic
+) -> None:
+    fake_anthropic.reply(*[ApiError(500, "api_error", "Internal server error")] * 20)
+    before = snapshot(project)
+    result = pytester.runpytest("--agent-fix", "--agent-max-attempts", "2")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["not fixed (API error 500: *): tests/test_calc.py::test_add"])
+    assert "Traceback" not in result.stdout.str()
+    assert snapshot(project) == before
+    # The SDK's own retries (2) per attempt, and 2 attempts.
+    assert len(fake_anthropic.requests) == 6
+
+
+def test_missing_api_key_is_a_usage_error_before_tests_run(
+    pytester: pytest.Pytester, project: Path
+) -> None:
+    result = pytester.runpytest_subprocess("--agent-fix")
+    assert result.ret == 4
+    result.stderr.fnmatch_lines(
+        ["ERROR: --agent-fix needs an Anthropic API key: set ANTHROPIC_API_KEY*"]
+    )
+    assert "passed" not in result.stdout.str() and "failed" not in result.stdout.str()
+
+
+def test_config_errors_are_usage_errors(
+    pytester: pytest.Pytester, fake_anthropic: FakeAnthropic
+) -> None:
+    pytester.makepyprojecttoml("[tool.pytest-agentic]\nmax_attempt = 2\n")
+    pytester.makepyfile("def test_ok(): pass")
+    result = pytester.runpytest_subprocess("--agent-fix")
+    assert result.ret == 4
+    assert result.stderr.lines[0] == (
+        f"ERROR: {pytester.path / 'pyproject.toml'}:2: [tool.pytest-agentic] unknown key "
+        "'max_attempt'; did you mean 'max_attempts'?"
+    )
+
+
+def test_settings_come_from_pyproject_and_the_command_line_wins(
+    pytester: pytest.Pytester, project: Path, fake_anthropic: FakeAnthropic
+) -> None:
+    (project / "pyproject.toml").write_text(
+        PYPROJECT + '[tool.pytest-agentic]\nfix = true\nmodel = "claude-from-config"\n'
+    )
+    fake_anthropic.reply(message(FIX), done())
+    result = pytester.runpytest()
+    assert result.ret == 0
+    assert fake_anthropic.requests[0].body["model"] == "claude-from-config"
+    (project / "calc.py").write_text(CALC)
+    fake_anthropic.reply(message(FIX), done())
+    pytester.runpytest("--agent-model", "claude-from-cli")
+    assert fake_anthropic.requests[-1].body["model"] == "claude-from-cli"
+
+
+def test_dirty_working_tree_is_preserved(
+    pytester: pytest.Pytester, project: Path, fake_anthropic: FakeAnthropic, git
+) -> None:
+    git(project, "init", "-q")
+    git(project, "add", "-A")
+    git(project, "commit", "-qm", "base")
+    (project / "notes.txt").write_text("untracked user notes\n")
+    (project / "calc.py").write_text(CALC + "\n# uncommitted user edit\n")
+    before = snapshot(project)
+    wrong = edit("calc.py", "return a - b", "return a * b")
+    fake_anthropic.reply(message(wrong), done())
+    result = pytester.runpytest("--agent-fix", "--agent-max-attempts", "1")
+    assert result.ret == 1
+    assert snapshot(project) == before
+    assert git(project, "status", "--porcelain") == " M calc.py\n?? .agentic/\n?? notes.txt\n"
+
+
+def test_flaky_test_is_never_dispatched(
+    pytester: pytest.Pytester, fake_anthropic: FakeAnthropic
+) -> None:
+    pytester.makepyprojecttoml(PYPROJECT)
+    pytester.makepyfile(
+        test_flaky="""
+        from pathlib import Path
+
+        def test_flaky():
+            counter = Path(__file__).with_name("runs.txt")
+            n = int(counter.read_text()) if counter.exists() else 0
+            counter.write_text(str(n + 1))
+            assert n >= 1
+    """
+    )
+    result = pytester.runpytest("--agent-fix")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["flaky (passed on re-run, not sent to the model): *test_flaky"])
+    assert fake_anthropic.requests == []
+    assert load_report(pytester.path)["failures"][0]["outcome"] == "flaky"
+
+
+def test_the_agent_may_give_up_with_a_question(
+    pytester: pytest.Pytester, project: Path, fake_anthropic: FakeAnthropic
+) -> None:
+    fake_anthropic.reply(
+        message(
+            tool_use(
+                "give_up", reason="the test expects subtraction?", question="Is add() meant to add?"
+            )
+        )
+    )
+    result = pytester.runpytest("--agent-fix")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(
+        [
+            "not fixed (the agent gave up: the test expects subtraction? "
+            "(question: Is add() meant to add?)): tests/test_calc.py::test_add"
+        ]
+    )
+    assert len(fake_anthropic.requests) == 1  # giving up ends the attempts
+
+
+def test_several_tool_calls_in_one_reply_each_get_a_result(
+    pytester: pytest.Pytester, project: Path, fake_anthropic: FakeAnthropic
+) -> None:
+    view = tool_use("str_replace_based_edit_tool", command="view", path="calc.py")
+    bad = tool_use(
+        "str_replace_based_edit_tool",
+        command="str_replace",
+        path="calc.py",
+        old_str="not there",
+        new_str="x",
+    )
+    fake_anthropic.reply(message(view, bad, FIX), done())
+    result = pytester.runpytest("--agent-fix")
+    assert result.ret == 0
+    results = fake_anthropic.requests[1].tool_results()
+    assert [r["tool_use_id"] for r in results] == [view["id"], bad["id"], FIX["id"]]
+    assert "     2\t    return a - b" in results[0]["content"]
+    assert results[1]["is_error"] is True and "occurs 0 times" in results[1]["content"]
+    assert "is_error" not in results[2]
+
+
+def test_dry_run_proposes_a_patch_and_leaves_the_tree(
+    pytester: pytest.Pytester, project: Path, fake_anthropic: FakeAnthropic
+) -> None:
+    before = snapshot(project)
+    fake_anthropic.reply(message(FIX), done())
+    result = pytester.runpytest("--agent-fix", "--agent-dry-run")
+    result.stdout.fnmatch_lines(["would be fixed (dry run) in 1 attempt: *test_add"])
+    assert snapshot(project) == before
+    (patch,) = project.glob(".agentic/runs/*/*.patch")
+    assert "+    return a + b" in patch.read_text()
+
+
+def test_budget_stops_dispatching(
+    pytester: pytest.Pytester, project: Path, fake_anthropic: FakeAnthropic
+) -> None:
+    (project / "tests/test_more.py").write_text(
+        "from calc import add\n\ndef test_more():\n    assert add(1, 1) == 2\n"
+    )
+    (project / "calc.py").write_text(CALC)
+    fake_anthropic.reply(message(text("hmm")), done("no idea"))
+    result = pytester.runpytest(
+        "--agent-fix", "--agent-budget-tokens", "1", "--agent-max-attempts", "3"
+    )
+    assert result.ret == 1
+    outcomes = {f["nodeid"]: f for f in load_report(project)["failures"]}
+    assert outcomes["tests/test_more.py::test_more"]["outcome"] == "skipped"
+    assert outcomes["tests/test_calc.py::test_add"]["attempts"] == 1
+    result.stdout.fnmatch_lines(["skipped (token budget spent): tests/test_more.py::test_more"])
+
+
+def test_plain_run_does_not_import_anthropic(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("""
+        import sys
+
+        def test_no_anthropic():
+            assert "anthropic" not in sys.modules
+            assert "pytest_agentic.fixer" not in sys.modules
+            assert "pytest_agentic.plugin" in sys.modules
+    """)
+    result = pytester.runpytest_subprocess()
+    assert result.ret == 0
+
+
+def test_under_xdist_the_loop_runs_once_in_the_controller(
+    pytester: pytest.Pytester, project: Path, fake_anthropic: FakeAnthropic
+) -> None:
+    fake_anthropic.reply(message(FIX), done())
+    result = pytester.runpytest_subprocess("-n", "2", "--agent-fix")
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["fixed in 1 attempt: tests/test_calc.py::test_add"])
+    assert len(fake_anthropic.requests) == 2
+
+
+def test_ctrl_c_mid_attempt_restores_and_exits_2(
+    pytester: pytest.Pytester, project: Path, fake_anthropic: FakeAnthropic
+) -> None:
+    from fake_anthropic import Delay
+
+    before = snapshot(project)
+    fake_anthropic.reply(message(FIX), Delay(30, done()))
+    import os
+    import signal
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "--agent-fix", "-p", "no:cacheprovider"],
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ},
+    )
+    try:
+        deadline = 60
+        import time
+
+        start = time.monotonic()
+        while len(fake_anthropic.requests) < 2 and time.monotonic() - start < deadline:
+            time.sleep(0.05)
+        assert len(fake_anthropic.requests) == 2, "the second request never came"
+        assert (project / "calc.py").read_text() != CALC  # the edit is in place mid-attempt
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 2, out
+    assert "interrupted: every file the fixer touched was restored" in out
+    assert "Traceback" not in out
+    assert snapshot(project) == before
