@@ -456,3 +456,143 @@ def test_ctrl_c_mid_attempt_restores_and_exits_2(
     assert "interrupted: every file the fixer touched was restored" in out
     assert "Traceback" not in out
     assert snapshot(project) == before
+
+
+def test_hard_kill_then_pytest_agentic_restore(
+    pytester: pytest.Pytester, project: Path, fake_anthropic: FakeAnthropic
+) -> None:
+    import os
+    import signal
+    import sys
+    import time
+
+    from fake_anthropic import Delay
+
+    before = snapshot(project)
+    create = tool_use(
+        "str_replace_based_edit_tool", command="create", path="extra.py", file_text="y = 2\n"
+    )
+    fake_anthropic.reply(message(FIX, create), Delay(30, done()))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "--agent-fix", "-p", "no:cacheprovider"],
+        cwd=project,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ},
+    )
+    start = time.monotonic()
+    while len(fake_anthropic.requests) < 2 and time.monotonic() - start < 60:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert (project / "calc.py").read_text() != CALC and (project / "extra.py").exists()
+    restore = subprocess.run(
+        [sys.executable, "-m", "pytest_agentic.cli", "restore"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+    )
+    assert restore.returncode == 0, restore.stderr
+    assert sorted(restore.stdout.splitlines()) == ["restored calc.py", "restored extra.py"]
+    assert snapshot(project) == before
+    assert not (project / ".agentic/journal").exists()
+
+
+def test_a_fix_that_breaks_an_earlier_fix_is_reverted(
+    pytester: pytest.Pytester, project: Path, fake_anthropic: FakeAnthropic
+) -> None:
+    # test_add is fixed first; the "fix" for the second failure breaks add() again.
+    (project / "tests/test_sub.py").write_text(
+        "import calc\n\n\ndef test_sub():\n    assert calc.sub(3, 1) == 2\n"
+    )
+    breaking = edit(
+        "calc.py",
+        "def mul(a, b):",
+        "def sub(a, b):\n    return a - b\n\n\nadd = sub\n\n\ndef mul(a, b):",
+    )
+    fake_anthropic.reply(message(FIX), done(), message(breaking), done())
+    result = pytester.runpytest("--agent-fix", "--agent-max-attempts", "1")
+    assert result.ret == 1
+    outcomes = {f["nodeid"]: f for f in load_report(project)["failures"]}
+    assert outcomes["tests/test_calc.py::test_add"]["outcome"] == "fixed"
+    sub = outcomes["tests/test_sub.py::test_sub"]
+    assert sub["outcome"] == "not_fixed"
+    assert sub["reason"] == (
+        "its fix broke tests/test_calc.py::test_add in the final verification; reverted"
+    )
+    assert (project / "calc.py").read_text() == CALC.replace("a - b", "a + b")
+
+
+def test_failures_sharing_a_file_are_fixed_once(
+    pytester: pytest.Pytester, project: Path, fake_anthropic: FakeAnthropic
+) -> None:
+    (project / "tests/test_more.py").write_text(
+        "from calc import add\n\ndef test_more():\n    assert add(1, 1) == 2\n"
+    )
+    fake_anthropic.reply(message(FIX), done())
+    result = pytester.runpytest("--agent-fix")
+    assert result.ret == 0
+    outcomes = {f["nodeid"]: f for f in load_report(project)["failures"]}
+    assert outcomes["tests/test_more.py::test_more"] == {
+        "nodeid": "tests/test_more.py::test_more",
+        "outcome": "fixed",
+        "attempts": 0,
+        "files_changed": [],
+        "reason": "fixed by an earlier fix",
+    }
+    assert len(fake_anthropic.requests) == 2
+
+
+def test_setup_errors_are_fixed_too_and_conventions_are_sent(
+    pytester: pytest.Pytester, project: Path, fake_anthropic: FakeAnthropic
+) -> None:
+    (project / "tests/test_calc.py").write_text(
+        "import pytest\nfrom calc import mul\n\n\n@pytest.fixture\ndef six():\n"
+        "    return mul(2, 3) if mul(1, 1) == 1 else None\n\n\n"
+        "@pytest.fixture\ndef checked(six):\n    assert six == 6\n    return six\n\n\n"
+        "def test_uses_fixture(checked):\n    assert checked\n"
+    )
+    (project / "calc.py").write_text(CALC.replace("return a * b", "return a * b + 1"))
+    (project / "AGENTS.md").write_text("# AGENTS.md\nNever use floats for money.\n")
+    fake_anthropic.reply(message(edit("calc.py", "return a * b + 1", "return a * b")), done())
+    result = pytester.runpytest("--agent-fix")
+    assert result.ret == 0
+    prompt = fake_anthropic.requests[0].body["messages"][0]["content"][0]["text"]
+    assert "## tests/test_calc.py::test_uses_fixture (setup error)" in prompt
+    assert "Never use floats for money." in prompt
+
+
+def test_report_command_summarises_the_last_run(
+    pytester: pytest.Pytester, project: Path, fake_anthropic: FakeAnthropic
+) -> None:
+    import sys
+
+    fake_anthropic.reply(message(FIX), done())
+    pytester.runpytest("--agent-fix")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest_agentic.cli", "report"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0
+    assert proc.stdout.splitlines()[0] == "fixed in 1 attempt: tests/test_calc.py::test_add"
+    assert (project / ".agentic/.gitignore").read_text() == "/runs/\n/journal/\n"
+
+
+def test_the_default_model_is_not_deprecated_in_the_installed_sdk() -> None:
+    from anthropic._data.deprecated_models import DEPRECATED_MODELS
+
+    from pytest_agentic.agent import DEFAULT_MODEL
+
+    assert DEFAULT_MODEL not in DEPRECATED_MODELS
+
+
+def test_unauthorized_is_not_retried_and_fails_the_attempt(
+    pytester: pytest.Pytester, project: Path, fake_anthropic: FakeAnthropic
+) -> None:
+    fake_anthropic.reply(ApiError(401, "authentication_error", "invalid x-api-key"))
+    result = pytester.runpytest("--agent-fix", "--agent-max-attempts", "1")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["not fixed (API error 401: *invalid x-api-key*): *test_add"])
+    assert len(fake_anthropic.requests) == 1

@@ -17,6 +17,7 @@ from pytest_agentic.atomic import write_atomic
 from pytest_agentic.config import Config, load_config
 from pytest_agentic.errors import AgenticError, run_main
 from pytest_agentic.scope import BOOKKEEPING, PathPolicy
+from pytest_agentic.workspace import ignore_bookkeeping, restore_all
 from pytest_agentic.tasks import (
     ACTIVE_FILE,
     ENV_ACTIVE,
@@ -89,31 +90,10 @@ def task_widen(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-def _ensure_gitignored(config: Config, line: str) -> bool:
-    """Ignore `line` (a path under .agentic/) in `.agentic/.gitignore`; True when added.
-
-    Not the top-level .gitignore: while a task is active, a change to it would fall outside
-    the task's scope and the next commit would be refused. `.agentic/` is bookkeeping, which
-    the path policy always lets people change.
-    """
-    path = config.root / BOOKKEEPING / ".gitignore"
-    entry = "/" + line.removeprefix(BOOKKEEPING + "/")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        text = ""
-    if entry in {raw.strip() for raw in text.splitlines()}:
-        return False
-    if text and not text.endswith("\n"):
-        text += "\n"
-    write_atomic(path, text + entry + "\n")
-    return True
-
-
 def task_start(config: Config, args: argparse.Namespace) -> int:
     task = load_task(config, args.id)
     write_atomic(config.root / ACTIVE_FILE, task.id + "\n")
-    if _ensure_gitignored(config, ACTIVE_FILE):
+    if ignore_bookkeeping(config.root, ACTIVE_FILE):
         print(f"added {ACTIVE_FILE} to {BOOKKEEPING}/.gitignore")
     print(f"task {task.id!r} is active; changes outside its scope will be refused")
     env = os.environ.get(ENV_ACTIVE, "").strip()
@@ -205,6 +185,25 @@ def scope_check(config: Config, args: argparse.Namespace) -> int:
     return run_check(Path.cwd(), base=args.base, task_id=args.task, prog=f"{PROG} scope check")
 
 
+# --- restore, report -------------------------------------------------------------------
+
+
+def restore(config: Config, args: argparse.Namespace) -> int:
+    restored = restore_all(config.root)
+    for rel in restored:
+        print(f"restored {rel}")
+    if not restored:
+        print("nothing to restore: no fix attempt left a journal")
+    return 0
+
+
+def report(config: Config, args: argparse.Namespace) -> int:
+    from pytest_agentic.report import last_report
+
+    print(last_report(config.root))
+    return 0
+
+
 # --- init -------------------------------------------------------------------------------
 
 
@@ -273,6 +272,13 @@ def build_parser() -> argparse.ArgumentParser:
     widen.add_argument("id", metavar="ID")
     widen.add_argument("globs", nargs="+", metavar="GLOB")
     widen.set_defaults(func=task_widen)
+
+    restore_cmd = commands.add_parser(
+        "restore", help="put back every file a fix attempt left changed (after a crash or kill)"
+    )
+    restore_cmd.set_defaults(func=restore)
+    report_cmd = commands.add_parser("report", help="summarise the newest fix run")
+    report_cmd.set_defaults(func=report)
 
     scope = commands.add_parser("scope", help="check changes against the active task's scope")
     scopes = scope.add_subparsers(dest="scope_command", metavar="SUBCOMMAND", required=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_agentic.atomic import write_atomic
+from pytest_agentic.workspace import ignore_bookkeeping
 
 RUNS_DIR = ".agentic/runs"
 
@@ -104,6 +105,7 @@ def new_run_dir(root: Path) -> Path:
         n += 1
         path = base / f"{stamp}-{n}"
     path.mkdir(parents=True)
+    ignore_bookkeeping(root, RUNS_DIR + "/")
     return path
 
 

@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 from pytest_agentic.atomic import write_atomic
+from pytest_agentic.scope import BOOKKEEPING
 
 JOURNAL_DIR = ".agentic/journal"
 
@@ -40,7 +41,9 @@ class Journal:
         """Record the original of `rel` unless already recorded (call before every write)."""
         if rel in self.entries:
             return
-        self.dir.mkdir(parents=True, exist_ok=True)
+        if not self.dir.is_dir():
+            self.dir.mkdir(parents=True)
+            ignore_bookkeeping(self.root, JOURNAL_DIR + "/")
         number = len(self.entries)
         path = self.root / rel
         exists = path.is_file()
@@ -138,3 +141,24 @@ def restore_all(root: Path) -> list[str]:
                 restored.extend(replay(root, folder))
         shutil.rmtree(base, ignore_errors=True)
     return restored
+
+
+def ignore_bookkeeping(root: Path, line: str) -> bool:
+    """Ignore `line` (a path under .agentic/) in `.agentic/.gitignore`; True when added.
+
+    Not the top-level .gitignore: while a task is active, a change to it would fall outside
+    the task's scope and the next commit would be refused. `.agentic/` is bookkeeping, which
+    the path policy always lets people change.
+    """
+    path = root / BOOKKEEPING / ".gitignore"
+    entry = "/" + line.removeprefix(BOOKKEEPING + "/")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        text = ""
+    if entry in {raw.strip() for raw in text.splitlines()}:
+        return False
+    if text and not text.endswith("\n"):
+        text += "\n"
+    write_atomic(path, text + entry + "\n")
+    return True
