@@ -17,7 +17,6 @@ from pytest_agentic.atomic import write_atomic
 from pytest_agentic.config import Config, load_config
 from pytest_agentic.errors import AgenticError, run_main
 from pytest_agentic.scope import BOOKKEEPING, PathPolicy
-from pytest_agentic.workspace import ignore_bookkeeping, restore_all
 from pytest_agentic.tasks import (
     ACTIVE_FILE,
     ENV_ACTIVE,
@@ -31,6 +30,7 @@ from pytest_agentic.tasks import (
     load_task,
     task_path,
 )
+from pytest_agentic.workspace import ignore_bookkeeping, restore_all
 
 PROG = "pytest-agentic"
 
