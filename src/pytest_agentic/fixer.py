@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import os
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -109,7 +110,12 @@ class FixSession:
         self.failures: dict[str, Failure] = {}
         self.usage = Usage()
         self.report: RunReport | None = None
-        self.interrupted = False
+        self.rerun_seconds = 0.0
+
+    def _run(self, nodeids: Sequence[str]) -> RunResult:
+        result = run_tests(nodeids, self.settings.rerun)
+        self.rerun_seconds += result.seconds
+        return result
 
     # --- pytest hooks ---------------------------------------------------------------------
 
@@ -153,6 +159,7 @@ class FixSession:
     def run(self, failures: list[Failure]) -> RunReport:
         settings = self.settings
         report = RunReport(model=settings.model, dry_run=settings.dry_run)
+        started = time.perf_counter()
         progress = {f.nodeid: Progress(f) for f in failures}
         kept: list[Progress] = []
         try:
@@ -166,9 +173,7 @@ class FixSession:
                         if self._over_budget():
                             item.outcome, item.reason = "skipped", "token budget spent"
                             continue
-                        if kept and run_tests([item.failure.nodeid], settings.rerun).passed(
-                            [item.failure.nodeid]
-                        ):
+                        if kept and self._run([item.failure.nodeid]).passed([item.failure.nodeid]):
                             item.outcome, item.reason = "fixed", "fixed by an earlier fix"
                             continue
                         if client is None:
@@ -202,6 +207,10 @@ class FixSession:
             for p in progress.values()
         ]
         report.usage = {name: getattr(self.usage, name) for name in vars(self.usage)}
+        report.seconds = {
+            "fix_loop": round(time.perf_counter() - started, 3),
+            "test_reruns": round(self.rerun_seconds, 3),
+        }
         paths = [
             p
             for p in (report.run_dir and report.run_dir / "report.json", settings.report)
@@ -213,7 +222,7 @@ class FixSession:
     def _confirm(self, progress: dict[str, Progress]) -> None:
         """Re-run every failure once; one that passes is flaky and never sent to the model."""
         nodeids = list(progress)
-        result = run_tests(nodeids, self.settings.rerun)
+        result = self._run(nodeids)
         for nodeid in nodeids:
             if result.outcomes.get(nodeid) == "passed":
                 progress[nodeid].outcome = "flaky"
@@ -235,7 +244,7 @@ class FixSession:
         feedback = ""
 
         def rerun() -> str:
-            return describe(run_tests([nodeid], settings.rerun), [nodeid])
+            return describe(self._run([nodeid]), [nodeid])
 
         for attempt in range(1, settings.max_attempts + 1):
             if self._over_budget():
@@ -287,7 +296,7 @@ class FixSession:
             return f"the agent gave up: {conversation.reason}", ""
         if not journal.touched:
             return "the agent changed no file", ""
-        result = run_tests([nodeid], self.settings.rerun)
+        result = self._run([nodeid])
         if result.passed([nodeid]):
             return "", ""
         summary = next(
@@ -308,7 +317,7 @@ class FixSession:
         test fails again (a later fix broke an earlier one)."""
         while kept:
             fixed = [p.failure.nodeid for p in progress.values() if p.outcome == "fixed"]
-            result = run_tests(fixed, self.settings.rerun)
+            result = self._run(fixed)
             broken = result.failing(fixed)
             if not broken:
                 return

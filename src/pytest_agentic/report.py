@@ -43,6 +43,7 @@ class RunReport:
     dry_run: bool = False
     interrupted: bool = False
     run_dir: Path | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
 
     def cost(self) -> float:
         family = next((f for f in PRICES if f in self.model), "sonnet")
@@ -65,6 +66,7 @@ class RunReport:
             "estimated_cost_usd": round(self.cost(), 4),
             "dry_run": self.dry_run,
             "interrupted": self.interrupted,
+            "seconds": dict(self.seconds),
         }
 
     def lines(self) -> list[str]:
