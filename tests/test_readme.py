@@ -47,3 +47,11 @@ def test_ci_runs_exactly_the_readme_commands() -> None:
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
     assert len(commands) == 2
     assert [line for line in ci if line in commands] == commands
+
+
+def test_every_pytest_option_is_documented() -> None:
+    source = (ROOT / "src/pytest_agentic/plugin.py").read_text(encoding="utf-8")
+    options = set(re.findall(r'"(--agent-[a-z-]+)"', source))
+    assert len(options) == 7
+    for option in options:
+        assert f"`{option}" in README, option
