@@ -64,16 +64,13 @@ def session_args(args: Sequence[str], has_xdist: bool) -> tuple[str, ...]:
     while i < len(items):
         arg = items[i]
         name = arg.split("=", 1)[0]
-        if name in _PASSED_WITH_VALUE:
-            if "=" in arg or (arg.startswith("-p") and len(arg) > 2 and name == arg):
-                kept.append(arg)
-            elif i + 1 < len(items):
-                kept.extend([arg, items[i + 1]])
-                i += 1
-        elif arg.startswith("-p") and len(arg) > 2:  # -pname
-            kept.append(arg)
-        elif name in _PASSED_FLAGS:
-            kept.append(arg)
+        if name in _PASSED_WITH_VALUE and "=" not in arg:
+            kept.extend(items[i : i + 2])  # `-p name`: the option and its value
+            i += 1
+        elif name in _PASSED_WITH_VALUE or name in _PASSED_FLAGS:
+            kept.append(arg)  # `--import-mode=importlib`, `--noconftest`
+        elif arg[:2] in ("-p", "-o", "-W") and len(arg) > 2:
+            kept.append(arg)  # `-pname`, `-Werror`
         i += 1
     if has_xdist:
         kept.extend(["-n", "0"])

@@ -1,0 +1,76 @@
+"""Re-runs repeat the session's options and environment, and read pytest's own outcomes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pytest_agentic.runner import RerunSettings, run_tests, session_args
+
+
+def test_session_args_keep_what_changes_collection_and_drop_the_rest() -> None:
+    args = [
+        "-x",
+        "-p",
+        "myplugin",
+        "-pother",
+        "-o",
+        "xfail_strict=true",
+        "-W=error",
+        "--import-mode=importlib",
+        "--noconftest",
+        "-k",
+        "foo",
+        "--agent-fix",
+        "-n",
+        "2",
+        "tests/test_a.py",
+    ]
+    assert session_args(args, has_xdist=True) == (
+        "-p",
+        "myplugin",
+        "-pother",
+        "-o",
+        "xfail_strict=true",
+        "-W=error",
+        "--import-mode=importlib",
+        "--noconftest",
+        "-n",
+        "0",
+    )
+    assert session_args(["-p", "x"], has_xdist=False) == ("-p", "x")
+
+
+def test_rerun_inherits_environment_ini_and_reports_outcomes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "custom.ini").write_text("[pytest]\nmarkers =\n    slow: slow tests\n")
+    (tmp_path / "test_env.py").write_text(
+        "import os\nimport pytest\n\n"
+        "@pytest.mark.slow\ndef test_env():\n    assert os.environ['FROM_SESSION'] == '1'\n\n"
+        "def test_fails():\n    assert False\n\n"
+        "@pytest.fixture\ndef broken():\n    raise RuntimeError\n\n"
+        "def test_setup(broken):\n    pass\n"
+    )
+    monkeypatch.setenv("FROM_SESSION", "1")
+    settings = RerunSettings(
+        rootdir=tmp_path, inifile=tmp_path / "custom.ini", extra_args=("--strict-markers",)
+    )
+    ids = ["test_env.py::test_env", "test_env.py::test_fails", "test_env.py::test_setup"]
+    result = run_tests(ids, settings)
+    assert result.outcomes == {
+        "test_env.py::test_env": "passed",
+        "test_env.py::test_fails": "failed",
+        "test_env.py::test_setup": "error",
+    }
+    assert result.passed(ids[:1]) and result.failing(ids) == ids[1:]
+    assert "FAILED test_env.py::test_fails" in result.output
+
+
+def test_rerun_time_limit(tmp_path: Path) -> None:
+    (tmp_path / "test_slow.py").write_text("import time\n\ndef test_slow():\n    time.sleep(30)\n")
+    result = run_tests(["test_slow.py::test_slow"], RerunSettings(rootdir=tmp_path, timeout=2))
+    assert result.timed_out
+    assert not result.passed(["test_slow.py::test_slow"])
+    assert "[timed out after 2 s]" in result.output
