@@ -269,6 +269,21 @@ def test_config_errors_are_usage_errors(
     )
 
 
+def test_require_task_without_an_active_task_is_a_usage_error(
+    pytester: pytest.Pytester, project: Path, fake_anthropic: FakeAnthropic
+) -> None:
+    (project / "pyproject.toml").write_text(
+        PYPROJECT + "[tool.pytest-agentic]\nrequire_task = true\n"
+    )
+    result = pytester.runpytest_subprocess("--agent-fix")
+    assert result.ret == 4
+    assert result.stderr.lines[0] == (
+        f"ERROR: {project / 'pyproject.toml'}: require_task = true but no task is active: start "
+        "one with `pytest-agentic task start ID` or set PYTEST_AGENTIC_TASK"
+    )
+    assert fake_anthropic.requests == []
+
+
 def test_settings_come_from_pyproject_and_the_command_line_wins(
     pytester: pytest.Pytester, project: Path, fake_anthropic: FakeAnthropic
 ) -> None:

@@ -103,6 +103,12 @@ def resolve_settings(config: pytest.Config) -> Any:
     except AgenticError as exc:
         raise pytest.UsageError(str(exc)) from None
 
+    if task is None and settings_file.require_task:
+        raise pytest.UsageError(
+            f"{settings_file.path}: require_task = true but no task is active: start one with "
+            "`pytest-agentic task start ID` or set PYTEST_AGENTIC_TASK"
+        )
+
     def value(dest: str) -> Any:
         given = config.getoption(dest)
         return given if given is not None else settings_file[_SETTINGS[dest]]
