@@ -111,7 +111,6 @@ class Toolbox:
         self.journal = journal
         self.run_tests = run_tests
         self.gave_up: str | None = None
-        self.refusals: list[str] = []
 
     def call(self, name: str, params: dict[str, Any]) -> tuple[str, bool]:
         """(result text, is_error) for one tool_use block."""
@@ -146,7 +145,6 @@ class Toolbox:
             raise ToolError("`path` is required")
         refusal = self.policy.check(raw)
         if refusal is not None:
-            self.refusals.append(str(refusal))
             raise ToolError(f"refused: {refusal}. The file was not changed.")
         return self._readable(raw)
 

@@ -21,7 +21,7 @@ HELP_BUDGET = "stop dispatching failures once this many tokens are spent (defaul
 HELP_DRY_RUN = "propose patches in .agentic/runs/ but leave the working tree as it was."
 HELP_REPORT = "also write the JSON report to PATH."
 
-# option dest -> (config key, kind) ; kinds as in config.KEYS
+# option dest -> its key in [tool.pytest-agentic]
 _SETTINGS = {
     "agent_max_attempts": "max_attempts",
     "agent_model": "model",
