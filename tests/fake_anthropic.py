@@ -11,7 +11,6 @@ import hashlib
 import itertools
 import json
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -71,6 +70,15 @@ def done(note: str = "Fixed.") -> dict[str, Any]:
     return message(text(note))
 
 
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client killed mid-request (the Ctrl-C and kill -9 tests) breaks the pipe; the
+        # default prints a traceback to whatever stderr another test is capturing then.
+        pass
+
+
 class FakeAnthropic:
     """Start with `start()`; `url` is the base URL for ANTHROPIC_BASE_URL."""
 
@@ -78,10 +86,10 @@ class FakeAnthropic:
         self.script: list[Any] = []
         self.requests: list[Request] = []
         self.arrived = threading.Event()
+        self.stopping = threading.Event()
         self._cache: set[str] = set()
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
+        self._server = _QuietServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
@@ -94,6 +102,7 @@ class FakeAnthropic:
         return self
 
     def stop(self) -> None:
+        self.stopping.set()  # wakes scripted delays, so no handler outlives its test
         self._server.shutdown()
         self._server.server_close()
 
@@ -191,7 +200,8 @@ class FakeAnthropic:
                 request = Request(body, {k.lower(): v for k, v in self.headers.items()})
                 item = fake._next(request)
                 while isinstance(item, Delay):
-                    time.sleep(item.seconds)
+                    if fake.stopping.wait(item.seconds):
+                        return
                     item = item.then
                 if isinstance(item, ApiError):
                     self._send(
