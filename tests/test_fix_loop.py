@@ -434,8 +434,9 @@ def test_under_xdist_the_loop_runs_once_in_the_controller(
     assert len(fake_anthropic.requests) == 2
 
 
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
 def test_ctrl_c_mid_attempt_restores_and_exits_2(
-    pytester: pytest.Pytester, project: Path, fake_anthropic: FakeAnthropic
+    pytester: pytest.Pytester, project: Path, fake_anthropic: FakeAnthropic, signame: str
 ) -> None:
     from fake_anthropic import Delay
 
@@ -462,7 +463,7 @@ def test_ctrl_c_mid_attempt_restores_and_exits_2(
             time.sleep(0.05)
         assert len(fake_anthropic.requests) == 2, "the second request never came"
         assert (project / "calc.py").read_text() != CALC  # the edit is in place mid-attempt
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(getattr(signal, signame))
         out, _ = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
@@ -511,6 +512,21 @@ def test_hard_kill_then_pytest_agentic_restore(
     assert sorted(restore.stdout.splitlines()) == ["restored calc.py", "restored extra.py"]
     assert snapshot(project) == before
     assert not (project / ".agentic/journal").exists()
+
+
+def test_a_journal_left_by_a_killed_run_blocks_a_new_run(
+    pytester: pytest.Pytester, project: Path, fake_anthropic: FakeAnthropic
+) -> None:
+    from pytest_agentic.workspace import Journal
+
+    Journal(project, "123-1-1").save("calc.py")
+    result = pytester.runpytest_subprocess("--agent-fix")
+    assert result.ret == 4
+    assert result.stderr.lines[0] == (
+        f"ERROR: {project / '.agentic/journal'}: an earlier fix run was killed and left files "
+        "changed; run `pytest-agentic restore` first"
+    )
+    assert fake_anthropic.requests == []
 
 
 def test_a_fix_that_breaks_an_earlier_fix_is_reverted(

@@ -8,10 +8,13 @@ module imports `anthropic` lazily, when the first failure is dispatched.
 from __future__ import annotations
 
 import ast
+import contextlib
 import os
+import signal
+import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,7 +136,7 @@ class FixSession:
             return  # interrupted, internal or usage errors, no tests: nothing to fix
         if not self.failures and self.settings.report is None:
             return
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _sigterm_interrupts():
             # SDK warnings (a deprecated model name, an unclosed client) would become errors
             # in suites with `filterwarnings = error`; they are not the user's tests' business.
             warnings.simplefilter("ignore")
@@ -328,6 +331,23 @@ class FixSession:
             last.outcome = "not_fixed"
             last.reason = f"its fix broke {', '.join(broken)} in the final verification; reverted"
             last.files = []
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (a CI job cancelled, `timeout`) restores the tree like Ctrl-C does."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def describe(result: RunResult, nodeids: Sequence[str]) -> str:

@@ -103,6 +103,16 @@ def resolve_settings(config: pytest.Config) -> Any:
     except AgenticError as exc:
         raise pytest.UsageError(str(exc)) from None
 
+    from pytest_agentic.workspace import JOURNAL_DIR
+
+    journal = root / JOURNAL_DIR
+    if journal.is_dir() and any(journal.iterdir()):
+        # A run that was killed left files changed; a new run would snapshot those changed
+        # files as if they were the user's originals.
+        raise pytest.UsageError(
+            f"{journal}: an earlier fix run was killed and left files changed; run "
+            "`pytest-agentic restore` first"
+        )
     if task is None and settings_file.require_task:
         raise pytest.UsageError(
             f"{settings_file.path}: require_task = true but no task is active: start one with "
