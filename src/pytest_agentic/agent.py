@@ -113,7 +113,11 @@ class Toolbox:
         self.gave_up: str | None = None
 
     def call(self, name: str, params: dict[str, Any]) -> tuple[str, bool]:
-        """(result text, is_error) for one tool_use block."""
+        """(result text, is_error) for one tool_use block.
+
+        A call the model got wrong, or one the file system refuses (permissions, a file
+        where a folder should be), goes back to it as an error; it never ends the run.
+        """
         try:
             if name == "str_replace_based_edit_tool":
                 return self._editor(params), False
@@ -127,6 +131,8 @@ class Toolbox:
             return f"unknown tool {name!r}", True
         except ToolError as exc:
             return str(exc), True
+        except OSError as exc:
+            return f"{exc.strerror or exc}: {params.get('path')}", True
 
     # --- the text editor -----------------------------------------------------------------
 
@@ -134,6 +140,8 @@ class Toolbox:
         if not isinstance(raw, str) or not raw:
             raise ToolError("`path` is required")
         rel = self.policy.relative(raw)
+        if rel is None and os.path.normpath(os.path.join(self.root, raw)) == str(self.root):
+            return ".", self.root  # the root itself, to list it
         if rel is None:
             raise ToolError(f"{raw}: outside the repository root; paths are relative to it")
         if ".git" in rel.split("/"):
@@ -146,7 +154,20 @@ class Toolbox:
         refusal = self.policy.check(raw)
         if refusal is not None:
             raise ToolError(f"refused: {refusal}. The file was not changed.")
-        return self._readable(raw)
+        rel, path = self._readable(raw)
+        # Write to what a symlink inside the root points at, and judge that path too: a link
+        # must not carry an edit into a test file, and replacing the link with a regular file
+        # would change the user's tree in a way a restore does not undo.
+        real = os.path.realpath(path)
+        real_rel = os.path.relpath(real, self.policy.real_root).replace(os.sep, "/")
+        if real_rel != rel:
+            refusal = self.policy.check(real_rel)
+            if refusal is not None:
+                raise ToolError(f"refused: {rel} leads to {refusal}. The file was not changed.")
+            rel, path = real_rel, self.root / real_rel
+        if path.is_dir():
+            raise ToolError(f"{rel}: is a folder; name a file")
+        return rel, path
 
     def _write(self, rel: str, path: Path, text: str) -> None:
         self.journal.save(rel)
@@ -221,9 +242,15 @@ class Toolbox:
         lines = text.splitlines()
         start, end = 1, len(lines)
         view_range = params.get("view_range")
-        if isinstance(view_range, list) and len(view_range) == 2:
-            start = max(1, int(view_range[0]))
-            end = len(lines) if int(view_range[1]) == -1 else min(len(lines), int(view_range[1]))
+        if view_range is not None:
+            if not (
+                isinstance(view_range, list)
+                and len(view_range) == 2
+                and all(isinstance(n, int) for n in view_range)
+            ):
+                raise ToolError("`view_range` must be [start, end] line numbers; end -1 = last")
+            start = max(1, view_range[0])
+            end = len(lines) if view_range[1] == -1 else min(len(lines), view_range[1])
         return "\n".join(f"{n:6}\t{lines[n - 1]}" for n in range(start, end + 1))
 
 

@@ -49,9 +49,17 @@ class Journal:
         exists = path.is_file()
         if exists:
             _fsync_write(self.dir / f"{number}.orig", path.read_bytes())
-        meta = {"path": rel, "existed": exists}
+        meta: dict[str, object] = {"path": rel, "existed": exists}
         if exists:
             meta["mode"] = path.stat().st_mode & 0o7777
+        else:
+            # Folders the write will create, deepest first: a restore removes them again.
+            made = []
+            folder = path.parent
+            while folder != self.root and not folder.exists():
+                made.append(folder.relative_to(self.root).as_posix())
+                folder = folder.parent
+            meta["made_dirs"] = made
         _fsync_write(self.dir / f"{number}.json", json.dumps(meta).encode())
         self.entries[rel] = number
 
@@ -105,20 +113,28 @@ def replay(root: Path, folder: Path) -> list[str]:
     if not folder.is_dir():
         return []
     restored = []
+    made_dirs: list[str] = []
     numbers = sorted(int(p.stem) for p in folder.glob("*.json"))
     for number in numbers:
         meta, data = _original(folder, number)
         rel = str(meta["path"])
         path = root / rel
         if data is None:
-            if path.exists() or path.is_symlink():
+            if path.is_file() or path.is_symlink():
                 path.unlink()
+            made = meta.get("made_dirs")
+            if isinstance(made, list):
+                made_dirs.extend(str(d) for d in made)
         else:
             write_atomic(path, data)
             mode = meta.get("mode")
             if isinstance(mode, int):
                 os.chmod(path, mode)
         restored.append(rel)
+    # Folders the attempt created, deepest first; the re-runs may have left bytecode there.
+    for made in sorted(set(made_dirs), key=lambda d: d.count("/"), reverse=True):
+        shutil.rmtree(root / made / "__pycache__", ignore_errors=True)
+        _remove_if_empty(root / made)
     shutil.rmtree(folder, ignore_errors=True)
     _remove_if_empty(folder.parent)
     return restored
