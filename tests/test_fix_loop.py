@@ -156,7 +156,7 @@ def test_never_fixed_leaves_every_file_byte_identical(
     assert result.ret == 1
     result.stdout.fnmatch_lines(["not fixed (the test still fails*): tests/test_calc.py::test_add"])
     assert snapshot(project) == before
-    assert not (project / "helpers").exists() or not any((project / "helpers").iterdir())
+    assert not (project / "helpers").exists()  # the folder the attempt created is gone too
     assert load_report(project)["failures"][0]["attempts"] == 2
 
 
@@ -229,6 +229,34 @@ def test_overloaded_529_is_retried_by_the_sdk(
     result = pytester.runpytest("--agent-fix")
     assert result.ret == 0
     result.stdout.fnmatch_lines(["fixed in 1 attempt: *test_add"])
+
+
+def test_rate_limit_429_waits_for_retry_after_and_succeeds(
+    pytester: pytest.Pytester, project: Path, fake_anthropic: FakeAnthropic
+) -> None:
+    limited = ApiError(429, "rate_limit_error", "slow down", headers={"retry-after-ms": "700"})
+    fake_anthropic.reply(limited, message(FIX), done())
+    result = pytester.runpytest("--agent-fix", "--agent-max-attempts", "1")
+    assert result.ret == 0
+    first, retried = fake_anthropic.requests[:2]
+    assert retried.received - first.received >= 0.6  # the server's retry-after was honoured
+    assert retried.body == first.body
+
+
+def test_a_request_that_times_out_fails_the_attempt_after_the_sdk_retries(
+    pytester: pytest.Pytester, project: Path, fake_anthropic: FakeAnthropic
+) -> None:
+    from fake_anthropic import Delay
+
+    pytester.makepyprojecttoml(PYPROJECT + "\n[tool.pytest-agentic]\napi_timeout = 1\n")
+    fake_anthropic.reply(*[Delay(30, done())] * 3)
+    before = snapshot(project)
+    result = pytester.runpytest("--agent-fix", "--agent-max-attempts", "1")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["not fixed (API error: Request timed out*): *test_add"])
+    assert "Traceback" not in result.stdout.str()
+    assert len(fake_anthropic.requests) == 3  # the first try and the SDK's 2 retries
+    assert snapshot(project) == before
 
 
 def test_500_forever_fails_the_attempt_without_a_traceback(

@@ -44,6 +44,7 @@ KEYS: dict[str, tuple[str, Any]] = {
     "dry_run": ("bool", False),
     "report": ("str?", None),
     "rerun_timeout": ("int", 300),
+    "api_timeout": ("int", 600),
     # convention files
     "templates_dir": ("str?", None),
     "knowledge_dir": ("str", "docs/knowledge"),

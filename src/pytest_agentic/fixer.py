@@ -54,6 +54,7 @@ class Settings:
     protected: tuple[str, ...]
     task: Task | None
     max_retries: int = 2
+    api_timeout: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -359,7 +360,7 @@ def describe(result: RunResult, nodeids: Sequence[str]) -> str:
 def _make_client(settings: Settings) -> Any:
     import anthropic
 
-    return anthropic.Anthropic(max_retries=settings.max_retries)
+    return anthropic.Anthropic(max_retries=settings.max_retries, timeout=settings.api_timeout)
 
 
 # --- the first message ------------------------------------------------------------------------

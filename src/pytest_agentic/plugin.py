@@ -150,4 +150,5 @@ def resolve_settings(config: pytest.Config) -> Any:
         rerun=rerun,
         protected=tuple(settings_file.protected),
         task=task,
+        api_timeout=float(settings_file["api_timeout"]),
     )
