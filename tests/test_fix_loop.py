@@ -164,6 +164,7 @@ def test_never_fixed_leaves_every_file_byte_identical(
     ("path", "reason"),
     [
         ("tests/test_calc.py", "protected (matches the `protected` globs)"),
+        ("pyproject.toml", "protected (matches the `protected` globs)"),
         ("../outside.py", "outside the project root"),
         (".git/config", "inside .git"),
         ("escape/evil.py", "a symlink leads outside the project root"),

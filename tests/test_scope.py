@@ -77,9 +77,14 @@ def test_protected_globs_bind_the_agent_not_people(root: Path) -> None:
         "conftest.py",
         "src/app/conftest.py",
         "src/app/thing_test.py",
+        "pyproject.toml",
+        "setup.cfg",
+        "tox.ini",
+        "pytest.ini",
     ]:
         assert reason(agent, path) == (
-            "protected (matches the `protected` globs): the fixer changes code, not tests"
+            "protected (matches the `protected` globs): the fixer changes code, not tests or "
+            "their configuration"
         ), path
         assert people.check(path) is None
     assert agent.check("src/app/x.py") is None
@@ -129,5 +134,6 @@ def test_protected_wins_over_scope_for_the_agent(root: Path) -> None:
         root, task=Task("t", ("tests/test_x.py",)), protected=DEFAULT_PROTECTED, for_agent=True
     )
     assert reason(policy, "tests/test_x.py") == (
-        "protected (matches the `protected` globs): the fixer changes code, not tests"
+        "protected (matches the `protected` globs): the fixer changes code, not tests or "
+        "their configuration"
     )

@@ -25,8 +25,22 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 TABLE = "pytest-agentic"
 
-#: Test files the fixer may never write, even inside a task's scope (gitwildmatch).
-DEFAULT_PROTECTED = ("tests/", "test/", "test_*.py", "*_test.py", "conftest.py")
+#: Files the fixer may never write, even inside a task's scope (gitwildmatch): the tests, and
+#: the files that configure how pytest runs them. An agent that may edit `addopts` can load a
+#: plugin of its own that reports every test as passed, or (in `[tool.pytest-agentic]`) empty
+#: this very list for the next run.
+DEFAULT_PROTECTED = (
+    "tests/",
+    "test/",
+    "test_*.py",
+    "*_test.py",
+    "conftest.py",
+    "pyproject.toml",
+    "pytest.ini",
+    ".pytest.ini",
+    "tox.ini",
+    "setup.cfg",
+)
 
 # key -> (kind, default). Kinds: "str", "str?" (str or absent), "bool", "int", "int?",
 # "list[str]". Keep in step with the README's configuration table.

@@ -97,7 +97,8 @@ class PathPolicy:
         if self.for_agent and self._protected is not None and self._protected.match_file(rel):
             return Refusal(
                 rel,
-                "protected (matches the `protected` globs): the fixer changes code, not tests",
+                "protected (matches the `protected` globs): the fixer changes code, not tests "
+                "or their configuration",
             )
         if not self.in_scope(rel):
             assert self.task is not None
