@@ -91,6 +91,16 @@ def test_protected_globs_bind_the_agent_not_people(root: Path) -> None:
     assert agent.check("src/app/testing.py") is None
 
 
+def test_the_agent_is_judged_by_where_a_symlink_leads(root: Path) -> None:
+    (root / "tests").mkdir(exist_ok=True)
+    (root / "tests/test_x.py").write_text("")
+    os.symlink("tests/test_x.py", root / "alias.py")
+    agent = PathPolicy(root, protected=DEFAULT_PROTECTED, for_agent=True)
+    assert agent.write_target("alias.py") == "tests/test_x.py"
+    assert str(agent.check("alias.py")).startswith("alias.py leads to tests/test_x.py: protected")
+    assert PathPolicy(root, protected=DEFAULT_PROTECTED).check("alias.py") is None
+
+
 def test_bookkeeping_is_always_allowed_for_people_and_never_for_the_agent(root: Path) -> None:
     task = Task("t", ("src/app/**",))
     assert PathPolicy(root, task=task).check(".agentic/tasks/t.toml") is None

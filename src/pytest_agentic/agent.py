@@ -154,17 +154,10 @@ class Toolbox:
         refusal = self.policy.check(raw)
         if refusal is not None:
             raise ToolError(f"refused: {refusal}. The file was not changed.")
-        rel, path = self._readable(raw)
-        # Write to what a symlink inside the root points at, and judge that path too: a link
-        # must not carry an edit into a test file, and replacing the link with a regular file
-        # would change the user's tree in a way a restore does not undo.
-        real = os.path.realpath(path)
-        real_rel = os.path.relpath(real, self.policy.real_root).replace(os.sep, "/")
-        if real_rel != rel:
-            refusal = self.policy.check(real_rel)
-            if refusal is not None:
-                raise ToolError(f"refused: {rel} leads to {refusal}. The file was not changed.")
-            rel, path = real_rel, self.root / real_rel
+        rel = self.policy.relative(raw)
+        assert rel is not None  # the policy let it through: inside the root
+        rel = self.policy.write_target(rel)
+        path = self.root / rel
         if path.is_dir():
             raise ToolError(f"{rel}: is a folder; name a file")
         return rel, path

@@ -53,8 +53,8 @@ class Settings:
     rerun: RerunSettings
     protected: tuple[str, ...]
     task: Task | None
+    api_timeout: float
     max_retries: int = 2
-    api_timeout: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -378,25 +378,23 @@ def _excerpt(lines: list[str], first: int, last: int) -> str:
     return "\n".join(f"{n:5} {lines[n - 1]}" for n in range(first, last + 1))
 
 
-def _test_source(root: Path, failure: Failure) -> str:
-    if failure.path is None or failure.lineno is None:
-        return ""
-    lines = _read(root, failure.path)
-    if lines is None:
-        return ""
-    end = failure.lineno + 30
+def _parse(lines: list[str]) -> ast.Module | None:
     try:
-        tree = ast.parse("\n".join(lines))
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and (
-                node.lineno <= failure.lineno <= (node.end_lineno or node.lineno)
-                or any(d.lineno == failure.lineno for d in node.decorator_list)
-            ):
-                end = node.end_lineno or end
-                break
+        return ast.parse("\n".join(lines))
     except SyntaxError:
-        pass
-    return f"{failure.path}\n{_excerpt(lines, failure.lineno, end)}"
+        return None
+
+
+def _test_source(path: str, lineno: int, lines: list[str], tree: ast.Module | None) -> str:
+    end = lineno + 30
+    for node in ast.walk(tree) if tree is not None else ():
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and (
+            node.lineno <= lineno <= (node.end_lineno or node.lineno)
+            or any(d.lineno == lineno for d in node.decorator_list)
+        ):
+            end = node.end_lineno or end
+            break
+    return f"{path}\n{_excerpt(lines, lineno, end)}"
 
 
 def _rel_inside(root: Path, path: str) -> str | None:
@@ -410,16 +408,9 @@ def _rel_inside(root: Path, path: str) -> str | None:
     return rel
 
 
-def _imported_files(root: Path, test_path: str) -> list[str]:
+def _imported_files(root: Path, tree: ast.Module) -> list[str]:
     """Project files the test module imports (`from calc import add` -> calc.py): the code
     under test, even when it returned a wrong value instead of raising inside a frame."""
-    lines = _read(root, test_path)
-    if lines is None:
-        return []
-    try:
-        tree = ast.parse("\n".join(lines))
-    except SyntaxError:
-        return []
     names: list[str] = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -437,17 +428,12 @@ def _imported_files(root: Path, test_path: str) -> list[str]:
     return found
 
 
-def _conventions_text(root: Path, paths: list[str]) -> str:
-    """AGENTS.md plus the knowledge files whose `paths` globs cover the failing frames."""
-    from pytest_agentic.conventions import context_for
-
-    return context_for(root, paths)
-
-
 def first_message(
     root: Path, failures: Sequence[Failure], task: Task | None
 ) -> list[dict[str, Any]]:
     """The stable context of every attempt: identical bytes across attempts, so it caches."""
+    from pytest_agentic.conventions import context_for
+
     parts = ["Fix the code so that these failing tests pass (pytest node ids):"]
     parts += [f"- {f.nodeid}" for f in failures]
     frame_files: list[str] = []
@@ -456,8 +442,10 @@ def first_message(
             f"\n## {failure.nodeid} ({'setup error' if failure.when == 'setup' else 'failure'})"
         )
         parts.append("Failure report:\n```\n" + failure.report.strip()[-6000:] + "\n```")
-        source = _test_source(root, failure)
-        if source:
+        test_lines = _read(root, failure.path) if failure.path else None
+        tree = _parse(test_lines) if test_lines is not None else None
+        if failure.path and failure.lineno is not None and test_lines is not None:
+            source = _test_source(failure.path, failure.lineno, test_lines, tree)
             parts.append("Test source (read-only to you):\n```python\n" + source + "\n```")
         shown = 0
         for path, lineno in reversed(failure.frames):
@@ -471,8 +459,8 @@ def first_message(
             shown += 1
             excerpt = _excerpt(lines, lineno - CONTEXT_LINES, lineno + CONTEXT_LINES)
             parts.append(f"Source around {rel}:{lineno}:\n```python\n{excerpt}\n```")
-        if failure.path:
-            for rel in _imported_files(root, failure.path)[:MAX_FRAMES]:
+        if tree is not None:
+            for rel in _imported_files(root, tree)[:MAX_FRAMES]:
                 lines = _read(root, rel)
                 if rel in frame_files or not lines:
                     continue
@@ -492,7 +480,8 @@ def first_message(
             f"\n## Active task {task.id!r}\n{goal}\nYou may change only files matching: "
             + ", ".join(task.scope)
         )
-    conventions = _conventions_text(root, sorted(set(frame_files)))
+    # AGENTS.md plus the knowledge files whose `paths` globs cover the files shown.
+    conventions = context_for(root, sorted(set(frame_files)))
     if conventions.strip():
         parts.append("\n## Repository conventions\n" + conventions)
     return [{"type": "text", "text": "\n".join(parts), "cache_control": {"type": "ephemeral"}}]

@@ -103,12 +103,11 @@ def resolve_settings(config: pytest.Config) -> Any:
     except AgenticError as exc:
         raise pytest.UsageError(str(exc)) from None
 
-    from pytest_agentic.workspace import JOURNAL_DIR
+    from pytest_agentic.workspace import leftover_journal
 
-    journal = root / JOURNAL_DIR
-    if journal.is_dir() and any(journal.iterdir()):
-        # A run that was killed left files changed; a new run would snapshot those changed
-        # files as if they were the user's originals.
+    journal = leftover_journal(root)
+    if journal is not None:
+        # A new run would snapshot the files a killed run changed as if they were the user's.
         raise pytest.UsageError(
             f"{journal}: an earlier fix run was killed and left files changed; run "
             "`pytest-agentic restore` first"

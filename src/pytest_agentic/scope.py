@@ -90,6 +90,14 @@ class PathPolicy:
         escape = self._symlink_escape(rel if self.for_agent else posixpath.dirname(rel))
         if escape:
             return Refusal(rel, escape)
+        if self.for_agent:
+            # The agent writes to what a symlink inside the root points at (see write_target),
+            # so that path is judged too: a link must not carry an edit into a test file.
+            target = self.write_target(rel)
+            if target != rel:
+                refusal = self.check(target)
+                if refusal is not None:
+                    return Refusal(f"{rel} leads to {refusal.path}", refusal.reason)
         if parts[0] == BOOKKEEPING:
             if self.for_agent:
                 return Refusal(rel, "pytest-agentic bookkeeping (.agentic/) is not for the agent")
@@ -104,6 +112,13 @@ class PathPolicy:
             assert self.task is not None
             return Refusal(rel, f"outside the scope of task {self.task.id!r}")
         return None
+
+    def write_target(self, rel: str) -> str:
+        """Where a write to `rel` lands once symlinks inside the root are followed, relative
+        to the root. The fixer writes there: replacing a link with a regular file would change
+        the user's tree in a way a restore does not undo."""
+        real = os.path.realpath(os.path.join(self._root_str, rel))
+        return os.path.relpath(real, self.real_root).replace(os.sep, "/")
 
     def _symlink_escape(self, rel: str) -> str | None:
         # Resolve each existing prefix: a symlinked folder or file must stay inside the root

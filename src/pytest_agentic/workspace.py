@@ -147,6 +147,12 @@ def _remove_if_empty(folder: Path) -> None:
         pass  # not empty (another attempt's journal) or already gone
 
 
+def leftover_journal(root: Path) -> Path | None:
+    """The journal folder when a fix run that was killed left files changed, else None."""
+    base = root / JOURNAL_DIR
+    return base if base.is_dir() and any(base.iterdir()) else None
+
+
 def restore_all(root: Path) -> list[str]:
     """Replay every journal left under `root` (after a crash or a hard kill)."""
     base = root / JOURNAL_DIR
