@@ -133,7 +133,7 @@ def test_widen_adds_globs(repo: Path, capsys) -> None:
 
 
 def test_check_reports_every_problem_and_exits_1(repo: Path, capsys) -> None:
-    run(capsys, "task", "new", "good", "--scope", "x")
+    run(capsys, "task", "new", "good", "--scope", "src/**")
     assert run(capsys, "task", "check") == (0, "1 task valid\n", "")
     folder = repo / ".agentic/tasks"
     (folder / "empty.toml").write_text("scope = []\n")
@@ -155,3 +155,119 @@ def test_console_script_runs_without_traceback(repo: Path) -> None:
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.count("\n") == 1
+
+
+def test_check_lists_every_problem_of_every_file_with_relative_paths(repo: Path, capsys) -> None:
+    run(capsys, "task", "new", "good", "--scope", "src/**")
+    folder = repo / ".agentic/tasks"
+    # One file with four problems, one with bad TOML, one with an unknown dependency.
+    (folder / "many.toml").write_text(
+        'id = "other"\nscope = ["!x"]\ntitel = "t"\nverify = "tests"\n'
+    )
+    (folder / "broken.toml").write_text('scope = ["x"\n')
+    (folder / "dep.toml").write_text('scope = ["src/**"]\ndepends_on = ["ghost", "good"]\n')
+    code, out, err = run(capsys, "task", "check")
+    assert code == 1
+    lines = err.splitlines()
+    assert lines[0].startswith(".agentic/tasks/broken.toml")
+    assert "invalid TOML" in lines[0]
+    assert lines[1:] == [
+        ".agentic/tasks/many.toml: unknown key 'titel'; did you mean 'title'?",
+        ".agentic/tasks/many.toml: verify must be a list of strings, not str",
+        ".agentic/tasks/many.toml: id 'other' does not match the file name; rename the file "
+        "to other.toml or set id = 'many'",
+        ".agentic/tasks/many.toml: scope has only '!' exclusions, so it matches nothing",
+        ".agentic/tasks/dep.toml: depends_on names unknown task 'ghost'",
+    ]
+    assert str(repo) not in err
+
+
+def test_check_warns_about_a_scope_matching_no_tracked_file(repo: Path, capsys) -> None:
+    run(capsys, "task", "new", "new-module", "--scope", "src/app/new.py", "--scope", "src/app/*")
+    code, out, err = run(capsys, "task", "check")
+    assert (code, err) == (0, "")
+    assert out.splitlines() == [
+        ".agentic/tasks/new-module.toml: warning: scope pattern 'src/app/new.py' matches no "
+        "tracked file (fine if the task creates it)",
+        "1 task valid",
+    ]
+
+
+def test_list_marks_an_invalid_spec_and_still_lists_the_others(repo: Path, capsys) -> None:
+    run(capsys, "task", "new", "good", "--scope", "src/**", "--title", "Good one")
+    run(capsys, "task", "start", "good")
+    (repo / ".agentic/tasks/bad.toml").write_text("scope = []\n")
+    code, out, err = run(capsys, "task", "list")
+    assert (code, err) == (0, "")
+    assert out.splitlines() == [
+        "* good  Good one",
+        "! bad  (invalid: .agentic/tasks/bad.toml: scope is empty; list the globs this task may "
+        "change; see `pytest-agentic task check`)",
+    ]
+
+
+def test_verify_runs_the_specs_arguments_with_pytest(repo: Path, capsys) -> None:
+    (repo / "tests/test_webhooks.py").write_text(
+        "def test_good():\n    pass\n\ndef test_bad():\n    assert False\n"
+    )
+    run(
+        capsys,
+        "task",
+        "new",
+        "t",
+        "--scope",
+        "src/**",
+        "--verify",
+        "tests/test_webhooks.py",
+        "--verify=-k",
+        "--verify",
+        "good",
+    )
+    run(capsys, "task", "new", "red", "--scope", "src/**", "--verify", "tests/test_webhooks.py")
+    run(capsys, "task", "new", "none", "--scope", "src/**")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest_agentic.cli", "task", "verify", "t"],
+        capture_output=True,
+        text=True,
+        cwd=repo,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1 passed, 1 deselected" in proc.stdout
+    red = subprocess.run(
+        [sys.executable, "-m", "pytest_agentic.cli", "task", "verify", "red"],
+        capture_output=True,
+        text=True,
+        cwd=repo,
+    )
+    assert red.returncode == 1
+    assert "1 failed, 1 passed" in red.stdout
+    code, _, err = run(capsys, "task", "verify", "none")
+    assert code == 2
+    assert err.startswith("pytest-agentic: error: .agentic/tasks/none.toml: task 'none' has no")
+
+
+def test_verify_fix_runs_agent_fix_under_the_tasks_scope(
+    repo: Path, capsys, fake_anthropic
+) -> None:
+    # A conftest records what the child pytest saw: its arguments and the active task.
+    (repo / "conftest.py").write_text(
+        "import os, sys, json\n"
+        "def pytest_configure(config):\n"
+        "    with open('seen.json', 'w') as fh:\n"
+        "        json.dump({'argv': sys.argv[1:], 'task': os.environ.get("
+        "'PYTEST_AGENTIC_TASK')}, fh)\n"
+    )
+    (repo / "tests/test_webhooks.py").write_text("def test_ok():\n    pass\n")
+    run(capsys, "task", "new", "t", "--scope", "src/**", "--verify", "tests/test_webhooks.py")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest_agentic.cli", "task", "verify", "t", "--fix"],
+        capture_output=True,
+        text=True,
+        cwd=repo,
+    )
+    import json
+
+    seen = json.loads((repo / "seen.json").read_text())
+    assert seen == {"argv": ["tests/test_webhooks.py", "--agent-fix"], "task": "t"}
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not (repo / ".agentic/active").exists()

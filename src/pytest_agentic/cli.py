@@ -23,6 +23,7 @@ from pytest_agentic.tasks import (
     Task,
     active_task_id,
     check_id,
+    check_specs,
     compile_scope,
     dependency_order,
     dump_task,
@@ -117,18 +118,26 @@ def task_stop(config: Config, args: argparse.Namespace) -> int:
 
 
 def task_list(config: Config, args: argparse.Namespace) -> int:
-    tasks, problems = load_all(config)
-    for problem in problems:
-        print(problem, file=sys.stderr)
-    if problems:
-        return 2
+    # An invalid spec is listed, marked `!` with its first problem, rather than failing the
+    # whole listing: one broken file must not hide the others (`task check` gives every problem).
+    specs = check_specs(config)
+    tasks = [s.task for s in specs if s.task is not None]
     active = active_task_id(config)
-    for task in dependency_order(tasks):
+    try:
+        ordered = dependency_order(tasks)
+    except AgenticError as exc:
+        print(f"! {exc}")
+        ordered = sorted(tasks, key=lambda t: t.id)
+    for task in ordered:
         mark = "*" if task.id == active else " "
         deps = f"  (after {', '.join(task.depends_on)})" if task.depends_on else ""
         title = f"  {task.title}" if task.title else ""
         print(f"{mark} {task.id}{title}{deps}")
-    if not tasks:
+    for spec in specs:
+        if spec.task is None:
+            stem = Path(spec.path).stem
+            print(f"! {stem}  (invalid: {spec.problems[0]}; see `{PROG} task check`)")
+    if not specs:
         print(f"no tasks in {_rel(config, config.tasks_dir)}; create one with `{PROG} task new`")
     return 0
 
@@ -160,20 +169,70 @@ def task_show(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def scope_warnings(config: Config, tasks: Sequence[Task]) -> list[str]:
+    """A warning per scope pattern that matches no tracked file: often a typo, but a task may
+    well create new files, so it never fails the check."""
+    try:
+        top = gitrepo.toplevel(config.root)
+        tracked = gitrepo.tracked_files(top)
+    except AgenticError:
+        return []
+    rels = []
+    policy = PathPolicy(config.root)
+    for rel in tracked:
+        inside = policy.relative(top / rel)
+        if inside is not None:
+            rels.append(inside)
+    warnings = []
+    for task in tasks:
+        where = task.path.as_posix() if task.path else task.id
+        for pattern in task.scope:
+            if not pattern.strip() or pattern.lstrip().startswith("!"):
+                continue
+            spec = compile_scope([pattern], where)
+            if not any(spec.match_file(rel) for rel in rels):
+                warnings.append(
+                    f"{where}: warning: scope pattern {pattern!r} matches no tracked file "
+                    "(fine if the task creates it)"
+                )
+    return warnings
+
+
 def task_check(config: Config, args: argparse.Namespace) -> int:
     tasks, problems = load_all(config)
-    for problem in problems:
-        print(problem, file=sys.stderr)
     active = active_task_id(config)
     if active is not None and active not in {t.id for t in tasks}:
-        print(
-            f"{ACTIVE_FILE}: active task {active!r} does not exist or is invalid", file=sys.stderr
-        )
-        problems.append(active)
+        problems.append(f"{ACTIVE_FILE}: active task {active!r} does not exist or is invalid")
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    for warning in scope_warnings(config, tasks):
+        print(warning)
     if problems:
         return 1
     print(f"{len(tasks)} task{'s' if len(tasks) != 1 else ''} valid")
     return 0
+
+
+def task_verify(config: Config, args: argparse.Namespace) -> int:
+    """Run the task's `verify` arguments with pytest; the exit status is pytest's. With
+    `--fix`, add `--agent-fix` and make the task active for that run only (in the child's
+    environment), so the fixer's edits stay inside its scope."""
+    import subprocess
+
+    task = load_task(config, args.id)
+    if not task.verify:
+        raise AgenticError(
+            f"{_rel(config, task_path(config, task.id))}: task {task.id!r} has no `verify`; "
+            'add the pytest arguments that prove it done, e.g. verify = ["tests/test_x.py"]'
+        )
+    command = [sys.executable, "-m", "pytest", *task.verify]
+    env = dict(os.environ)
+    if args.fix:
+        command.append("--agent-fix")
+        env[ENV_ACTIVE] = task.id
+    print(f"{PROG} task verify: pytest {' '.join(command[3:])}", flush=True)
+    # Output streams straight through: pytest's own progress is what the user wants to see.
+    return subprocess.run(command, cwd=config.root, env=env, check=False).returncode
 
 
 # --- scope ------------------------------------------------------------------------------
@@ -226,7 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     init_cmd.add_argument("--dry-run", action="store_true", help="print the diff; write nothing")
     init_cmd.set_defaults(func=init)
 
-    task = commands.add_parser("task", help="task specs: new, start, stop, list, show, check")
+    task = commands.add_parser(
+        "task", help="task specs: new, start, stop, list, show, check, verify, widen"
+    )
     tasks = task.add_subparsers(dest="task_command", metavar="SUBCOMMAND", required=True)
     new = tasks.add_parser("new", help="write .agentic/tasks/ID.toml")
     new.add_argument("id", metavar="ID")
@@ -266,8 +327,20 @@ def build_parser() -> argparse.ArgumentParser:
     show = tasks.add_parser("show", help="a task's fields and the tracked files its scope matches")
     show.add_argument("id", metavar="ID")
     show.set_defaults(func=task_show)
-    check = tasks.add_parser("check", help="validate every task spec; exit 1 on any problem")
+    check = tasks.add_parser(
+        "check", help="validate every task spec; every problem, exit 1 on any"
+    )
     check.set_defaults(func=task_check)
+    verify = tasks.add_parser(
+        "verify", help="run the task's `verify` arguments with pytest (exit status of pytest)"
+    )
+    verify.add_argument("id", metavar="ID")
+    verify.add_argument(
+        "--fix",
+        action="store_true",
+        help="add --agent-fix, with ID as the active task for that run",
+    )
+    verify.set_defaults(func=task_verify)
     widen = tasks.add_parser("widen", help="add globs to a task's scope")
     widen.add_argument("id", metavar="ID")
     widen.add_argument("globs", nargs="+", metavar="GLOB")

@@ -59,41 +59,66 @@ def compile_scope(patterns: Sequence[str], where: str) -> Any:
         raise AgenticError(f"{where}: bad scope pattern: {exc}") from None
 
 
-def parse_task(data: dict[str, Any], path: Path, stem: str | None = None) -> Task:
-    """Validate a task table read from `path`; `stem` is the id the file name implies."""
+def task_problems(data: dict[str, Any], path: Path, stem: str | None = None) -> list[str]:
+    """Every problem of a task table read from `path` (all of them, not only the first, so
+    `task check` can list a file's problems in one go); `stem` is the id the file name implies."""
     stem = path.stem if stem is None else stem
+    problems: list[str] = []
+    valid: dict[str, Any] = {}
     for key, value in data.items():
         if key not in TASK_KEYS:
-            raise AgenticError(f"{path}: {unknown_key_message(key, list(TASK_KEYS))}")
+            problems.append(f"{path}: {unknown_key_message(key, list(TASK_KEYS))}")
+            continue
         kind = TASK_KEYS[key][0]
         if not check_type(kind, value):
             expected = "a string" if kind == "str" else "a list of strings"
-            raise AgenticError(f"{path}: {key} must be {expected}, not {type(value).__name__}")
-    task_id = data.get("id", stem)
-    check_id(task_id, str(path))
-    if task_id != stem:
-        raise AgenticError(
-            f"{path}: id {task_id!r} does not match the file name; rename the file to "
-            f"{task_id}.toml or set id = {stem!r}"
-        )
+            problems.append(f"{path}: {key} must be {expected}, not {type(value).__name__}")
+            continue
+        valid[key] = value
+    task_id = valid.get("id", stem)
+    try:
+        check_id(task_id, str(path))
+    except AgenticError as exc:
+        problems.append(str(exc))
+    else:
+        if task_id != stem:
+            problems.append(
+                f"{path}: id {task_id!r} does not match the file name; rename the file to "
+                f"{task_id}.toml or set id = {stem!r}"
+            )
     if "scope" not in data:
-        raise AgenticError(f"{path}: scope is required: a list of gitwildmatch globs")
-    scope = [p for p in data["scope"] if p.strip()]
-    if not scope:
-        raise AgenticError(f"{path}: scope is empty; list the globs this task may change")
-    if all(p.lstrip().startswith("!") for p in scope):
-        raise AgenticError(f"{path}: scope has only '!' exclusions, so it matches nothing")
-    compile_scope(scope, str(path))
-    depends_on = data.get("depends_on", [])
-    for dep in depends_on:
-        check_id(dep, f"{path}: depends_on")
+        problems.append(f"{path}: scope is required: a list of gitwildmatch globs")
+    elif "scope" in valid:
+        scope = [p for p in valid["scope"] if p.strip()]
+        if not scope:
+            problems.append(f"{path}: scope is empty; list the globs this task may change")
+        elif all(p.lstrip().startswith("!") for p in scope):
+            problems.append(f"{path}: scope has only '!' exclusions, so it matches nothing")
+        else:
+            try:
+                compile_scope(scope, str(path))
+            except AgenticError as exc:
+                problems.append(str(exc))
+    for dep in valid.get("depends_on", []):
+        try:
+            check_id(dep, f"{path}: depends_on")
+        except AgenticError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+def parse_task(data: dict[str, Any], path: Path, stem: str | None = None) -> Task:
+    """Validate a task table read from `path`; the first problem is a user error."""
+    problems = task_problems(data, path, stem)
+    if problems:
+        raise AgenticError(problems[0])
     return Task(
-        id=task_id,
+        id=data.get("id", path.stem if stem is None else stem),
         scope=tuple(data["scope"]),
         title=data.get("title", ""),
         goal=data.get("goal", ""),
         verify=tuple(data.get("verify", [])),
-        depends_on=tuple(depends_on),
+        depends_on=tuple(data.get("depends_on", [])),
         path=path,
     )
 
@@ -110,7 +135,19 @@ def load_task(config: Config, task_id: str) -> Task:
             f"{_rel(config, path)}: no such task {task_id!r}; "
             f"create it with `pytest-agentic task new {task_id} --scope GLOB`"
         )
-    return parse_task(read_toml(path), _rel_path(config, path))
+    return parse_task(read_spec(config, path), _rel_path(config, path))
+
+
+def read_spec(config: Config, path: Path) -> dict[str, Any]:
+    """The TOML table of a spec; errors name the path relative to the project root, as every
+    other task error does."""
+    try:
+        return read_toml(path)
+    except AgenticError as exc:
+        text = str(exc)
+        if text.startswith(str(path)):
+            text = _rel(config, path) + text[len(str(path)) :]
+        raise AgenticError(text) from None
 
 
 def parse_task_text(text: str, path: Path) -> Task:
@@ -134,19 +171,54 @@ def task_files(config: Config) -> list[Path]:
     return sorted(config.tasks_dir.glob("*.toml"))
 
 
-def load_all(config: Config) -> tuple[list[Task], list[str]]:
-    """Every task spec, and one problem line per invalid spec or dependency problem."""
-    tasks: list[Task] = []
-    problems: list[str] = []
+@dataclass(frozen=True)
+class SpecFile:
+    """One spec file as `task check`/`task list` see it: the task when valid, else why not."""
+
+    path: str
+    task: Task | None
+    problems: tuple[str, ...]
+
+
+def check_specs(config: Config) -> list[SpecFile]:
+    """Every spec file with all of its problems (a broken file never hides the others)."""
+    out = []
     for path in task_files(config):
+        rel = _rel_path(config, path)
         try:
-            tasks.append(parse_task(read_toml(path), _rel_path(config, path)))
+            data = read_spec(config, path)
+        except AgenticError as exc:
+            out.append(SpecFile(rel.as_posix(), None, (str(exc),)))
+            continue
+        problems = task_problems(data, rel)
+        task = None if problems else parse_task(data, rel)
+        out.append(SpecFile(rel.as_posix(), task, tuple(problems)))
+    return out
+
+
+def dependency_problems(tasks: Sequence[Task]) -> list[str]:
+    """Every unknown dependency, and a cycle if there is one."""
+    known = {t.id for t in tasks}
+    problems = [
+        f"{task.path or task.id}: depends_on names unknown task {dep!r}"
+        for task in tasks
+        for dep in task.depends_on
+        if dep not in known
+    ]
+    if not problems:
+        try:
+            dependency_order(tasks)
         except AgenticError as exc:
             problems.append(str(exc))
-    try:
-        dependency_order(tasks)
-    except AgenticError as exc:
-        problems.append(str(exc))
+    return problems
+
+
+def load_all(config: Config) -> tuple[list[Task], list[str]]:
+    """Every valid task spec, and one problem line per problem of any spec or dependency."""
+    specs = check_specs(config)
+    tasks = [s.task for s in specs if s.task is not None]
+    problems = [p for s in specs for p in s.problems]
+    problems += dependency_problems(tasks)
     return tasks, problems
 
 
