@@ -327,9 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     show = tasks.add_parser("show", help="a task's fields and the tracked files its scope matches")
     show.add_argument("id", metavar="ID")
     show.set_defaults(func=task_show)
-    check = tasks.add_parser(
-        "check", help="validate every task spec; every problem, exit 1 on any"
-    )
+    check = tasks.add_parser("check", help="validate every task spec; every problem, exit 1 on any")
     check.set_defaults(func=task_check)
     verify = tasks.add_parser(
         "verify", help="run the task's `verify` arguments with pytest (exit status of pytest)"
