@@ -91,11 +91,13 @@ def test_start_stop_and_list_in_dependency_order(repo: Path, capsys) -> None:
     code, out, _ = run(capsys, "task", "start", "deploy")
     assert code == 0
     assert out.splitlines() == [
-        "added .agentic/active to .agentic/.gitignore",
+        "created .agentic/.gitignore (ignores .agentic/active, runs and journals)",
         "task 'deploy' is active; changes outside its scope will be refused",
     ]
     assert (repo / ".agentic/active").read_text() == "deploy\n"
-    assert (repo / ".agentic/.gitignore").read_text() == "/active\n"
+    assert (repo / ".agentic/.gitignore").read_text() == (
+        "/runs/\n/journal/\n/active\n/*.lock\n/workspaces/\n"
+    )
     # Starting again does not add the ignore line twice.
     assert run(capsys, "task", "start", "deploy")[1].splitlines()[0].startswith("task 'deploy'")
     assert run(capsys, "task", "list")[1] == "  schema  Schema\n* deploy  (after schema)\n"

@@ -637,7 +637,9 @@ def test_report_command_summarises_the_last_run(
     )
     assert proc.returncode == 0
     assert proc.stdout.splitlines()[0] == "fixed in 1 attempt: tests/test_calc.py::test_add"
-    assert (project / ".agentic/.gitignore").read_text() == "/runs/\n/journal/\n"
+    assert (project / ".agentic/.gitignore").read_text() == (
+        "/runs/\n/journal/\n/active\n/*.lock\n/workspaces/\n"
+    )
 
 
 def test_the_default_model_is_not_deprecated_in_the_installed_sdk() -> None:

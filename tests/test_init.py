@@ -12,7 +12,6 @@ from pytest_agentic.config import load_config
 from pytest_agentic.conventions.init import (
     apply_changes,
     init_main,
-    plan_gitignore,
     plan_init,
     plan_precommit_config,
 )
@@ -67,8 +66,8 @@ def test_init_writes_every_file_from_facts(git_repo: GitRepo) -> None:
         "docs/knowledge/demo.md",
         "docs/knowledge/other.md",
         "CLAUDE.md",
-        ".gitignore",
         ".pre-commit-config.yaml",
+        ".agentic/.gitignore",
     ]
     apply_changes(root, changes)
     agents = (root / "AGENTS.md").read_text()
@@ -79,10 +78,16 @@ def test_init_writes_every_file_from_facts(git_repo: GitRepo) -> None:
     assert "agentic-scaffold" in agents  # the hooks init just added are already described
     knowledge = (root / "docs/knowledge/demo.md").read_text()
     assert knowledge.startswith('---\npaths:\n  - "src/demo/**"\n---\n# demo\n')
-    assert "Public: `main`." in knowledge
+    # A module map, one line of responsibility per module; no name lists (issue 12).
+    assert "- `src/demo/cli.py`: Command line.\n" in knowledge
+    assert "Public" not in knowledge
     assert "<!-- people: what must stay true here" in knowledge
     assert (root / "CLAUDE.md").read_text().startswith("@AGENTS.md\n")
-    assert (root / ".gitignore").read_text() == ".agentic/runs/\n.agentic/active\n"
+    # Bookkeeping is ignored in one place, .agentic/.gitignore; the top-level one is untouched.
+    assert not (root / ".gitignore").exists()
+    assert (root / ".agentic/.gitignore").read_text() == (
+        "/runs/\n/journal/\n/active\n/*.lock\n/workspaces/\n"
+    )
 
 
 def test_refresh_keeps_hand_written_text_and_updates_sections(
@@ -197,10 +202,9 @@ def test_precommit_config_gets_our_hooks_without_disturbing_the_rest() -> None:
     assert plan_precommit_config(new) == new
 
 
-def test_gitignore_lines_added_once() -> None:
-    assert plan_gitignore("*.pyc") == "*.pyc\n.agentic/runs/\n.agentic/active\n"
-    both = ".agentic/runs/\n.agentic/active\n"
-    assert plan_gitignore(both) == both
+def test_an_existing_bookkeeping_ignore_file_is_left_alone(git_repo: GitRepo) -> None:
+    root = git_repo({**SRC_PROJECT, ".agentic/.gitignore": "/runs/\n"})
+    assert ".agentic/.gitignore" not in [c.path for c in plan_init(load_config(root))]
 
 
 def test_init_reports_unparseable_precommit_config(
@@ -245,7 +249,7 @@ def test_knowledge_front_matter_and_notes_are_the_users(
     after = knowledge.read_text()
     assert '  - "tests/test_cli.py"\n' in after
     assert "## Invariants\nmain() never raises.\n" in after
-    assert "`src/demo/extra.py` (`demo.extra`): Extra." in after
+    assert "- `src/demo/extra.py`: Extra.\n" in after
 
 
 def test_malformed_markers_stop_scaffold_with_the_line(

@@ -95,7 +95,7 @@ def task_start(config: Config, args: argparse.Namespace) -> int:
     task = load_task(config, args.id)
     write_atomic(config.root / ACTIVE_FILE, task.id + "\n")
     if ignore_bookkeeping(config.root, ACTIVE_FILE):
-        print(f"added {ACTIVE_FILE} to {BOOKKEEPING}/.gitignore")
+        print(f"created {BOOKKEEPING}/.gitignore (ignores {ACTIVE_FILE}, runs and journals)")
     print(f"task {task.id!r} is active; changes outside its scope will be refused")
     env = os.environ.get(ENV_ACTIVE, "").strip()
     if env and env != task.id:
@@ -269,7 +269,9 @@ def report(config: Config, args: argparse.Namespace) -> int:
 def init(config: Config, args: argparse.Namespace) -> int:
     from pytest_agentic.conventions.init import init_main
 
-    return init_main(["--dry-run"] if args.dry_run else [])
+    return init_main(
+        (["--dry-run"] if args.dry_run else []) + (["--no-verify"] if args.no_verify else [])
+    )
 
 
 # --- parser -----------------------------------------------------------------------------
@@ -283,6 +285,11 @@ def build_parser() -> argparse.ArgumentParser:
         "init", help="write AGENTS.md, knowledge and pointer files, .gitignore lines, hooks"
     )
     init_cmd.add_argument("--dry-run", action="store_true", help="print the diff; write nothing")
+    init_cmd.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="write the commands found without checking them (no collection, no make -n)",
+    )
     init_cmd.set_defaults(func=init)
 
     task = commands.add_parser(

@@ -47,6 +47,7 @@ class PathPolicy:
         protected: Sequence[str] = (),
         for_agent: bool = False,
         tasks_dir: str = ".agentic/tasks",
+        conventions: Sequence[str] = (),
     ) -> None:
         self.root = Path(os.path.abspath(root))
         self.real_root = self.root.resolve()
@@ -57,6 +58,11 @@ class PathPolicy:
         self.task = task
         self.for_agent = for_agent
         self.tasks_dir = PurePosixPath(tasks_dir)
+        # Convention files agentic-scaffold refreshes (exact paths; a folder ends in "/" and
+        # covers the `.md` files directly in it). People may commit them whatever the task's
+        # scope: the scaffold hook rewrites them on any commit, and refusing them then would
+        # deadlock the commit (issue 12). Never the agent: they go into its prompt.
+        self._conventions = tuple(conventions)
         self._protected: Any = compile_scope(protected, "protected") if protected else None
         self._scope: Any = (
             compile_scope(task.scope, str(task.path or task.id)) if task is not None else None
@@ -102,6 +108,8 @@ class PathPolicy:
             if self.for_agent:
                 return Refusal(rel, "pytest-agentic bookkeeping (.agentic/) is not for the agent")
             return None
+        if not self.for_agent and self.is_convention_file(rel):
+            return None
         if self.for_agent and self._protected is not None and self._protected.match_file(rel):
             return Refusal(
                 rel,
@@ -112,6 +120,19 @@ class PathPolicy:
             assert self.task is not None
             return Refusal(rel, f"outside the scope of task {self.task.id!r}")
         return None
+
+    def is_convention_file(self, rel: str) -> bool:
+        """Whether `rel` is one of the convention files agentic-scaffold writes. Markdown only:
+        a `pointer_files` entry naming a code file must not exempt that file from the scope."""
+        if not rel.endswith(".md"):
+            return False
+        for entry in self._conventions:
+            if entry.endswith("/"):
+                if rel.startswith(entry) and "/" not in rel[len(entry) :]:
+                    return True
+            elif rel == entry:
+                return True
+        return False
 
     def write_target(self, rel: str) -> str:
         """Where a write to `rel` lands once symlinks inside the root are followed, relative

@@ -165,22 +165,22 @@ def restore_all(root: Path) -> list[str]:
     return restored
 
 
-def ignore_bookkeeping(root: Path, line: str) -> bool:
-    """Ignore `line` (a path under .agentic/) in `.agentic/.gitignore`; True when added.
+# Everything under .agentic/ that is not a task spec: one file says so, written once.
+BOOKKEEPING_IGNORE = "/runs/\n/journal/\n/active\n/*.lock\n/workspaces/\n"
 
-    Not the top-level .gitignore: while a task is active, a change to it would fall outside
-    the task's scope and the next commit would be refused. `.agentic/` is bookkeeping, which
-    the path policy always lets people change.
+
+def ignore_bookkeeping(root: Path, line: str = "") -> bool:
+    """Create `.agentic/.gitignore` (BOOKKEEPING_IGNORE) when absent; True when created.
+
+    The one place runs, journals and the active task are ignored: `init` writes it, and a run
+    or `task start` writes it only when it is missing. An existing file is never changed — it
+    is usually tracked, and a fix run must not modify a tracked file it does not report (issue
+    12). Not the top-level .gitignore: while a task is active, a change to it would fall
+    outside the task's scope; `.agentic/` is bookkeeping, which people may always change.
+    `line` is kept for callers that name what they are about to create.
     """
     path = root / BOOKKEEPING / ".gitignore"
-    entry = "/" + line.removeprefix(BOOKKEEPING + "/")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        text = ""
-    if entry in {raw.strip() for raw in text.splitlines()}:
+    if os.path.lexists(path):
         return False
-    if text and not text.endswith("\n"):
-        text += "\n"
-    write_atomic(path, text + entry + "\n")
+    write_atomic(path, BOOKKEEPING_IGNORE)
     return True

@@ -4,8 +4,20 @@ checked for truth; `context_for` gives the fix loop what an agent should read fi
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["context_for", "matching_knowledge_files"]
+if TYPE_CHECKING:
+    from pytest_agentic.config import Config
+
+__all__ = ["context_for", "convention_files", "matching_knowledge_files"]
+
+
+def convention_files(config: Config) -> tuple[str, ...]:
+    """The files agentic-scaffold writes, root-relative: AGENTS.md, the pointer files and the
+    knowledge folder (ending in "/"). The scope check lets people commit them whatever the
+    active task (the scaffold hook refreshes them on any commit); the agent never may."""
+    knowledge = str(config["knowledge_dir"]).strip("/")
+    return ("AGENTS.md", *(str(p) for p in config["pointer_files"]), knowledge + "/")
 
 
 def matching_knowledge_files(root: Path, paths: list[str]) -> list[str]:
@@ -61,5 +73,53 @@ def context_for(root: Path, paths: list[str]) -> str:
             text = (config.root / rel).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError):
             continue
-        docs.append(f'<document path="{rel}">\n{text.rstrip()}\n</document>')
+        docs.append(f'<document path="{rel}">\n{for_agent(text)}\n</document>')
     return "\n\n".join(docs)
+
+
+def for_agent(text: str) -> str:
+    """A convention file as the fixer is sent it: HTML comments (markers, empty `people:`
+    placeholders) removed, headings left with nothing under them dropped, blank runs closed
+    up. Fenced code is kept byte for byte: a comment there is an example, not a note."""
+    import re
+
+    kept: list[str] = []
+    fence: str | None = None
+    in_comment = False
+    for line in text.splitlines():
+        if fence is None and not in_comment:
+            opening = re.match(r"^\s*(```|~~~)", line)
+            if opening:
+                fence = opening.group(1)
+                kept.append(line)
+                continue
+        elif fence is not None:
+            if line.strip().startswith(fence):
+                fence = None
+            kept.append(line)
+            continue
+        visible, rest = "", line
+        while rest:
+            if in_comment:
+                end = rest.find("-->")
+                rest, in_comment = ("", True) if end < 0 else (rest[end + 3 :], False)
+            else:
+                start = rest.find("<!--")
+                if start < 0:
+                    visible, rest = visible + rest, ""
+                else:
+                    visible, rest, in_comment = visible + rest[:start], rest[start + 4 :], True
+        if visible.strip() or not line.strip():
+            kept.append(visible.rstrip())
+        elif not visible.strip() and line.strip():
+            continue  # a line that was only a comment
+    # Drop headings whose section (up to the next heading of any level) is empty.
+    out: list[str] = []
+    for i, line in enumerate(kept):
+        if re.match(r"^#{1,6} ", line):
+            after = kept[i + 1 :]
+            nxt = next((j for j, r in enumerate(after) if re.match(r"^#{1,6} ", r)), len(after))
+            if not any(r.strip() for r in after[:nxt]):
+                continue
+        out.append(line)
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(out)).strip("\n")

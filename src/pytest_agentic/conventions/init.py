@@ -1,4 +1,4 @@
-"""`pytest-agentic init`: convention files, .gitignore lines and our pre-commit hooks.
+"""`pytest-agentic init`: convention files, the bookkeeping ignore file and our pre-commit hooks.
 
 `plan_init` decides everything and writes nothing (so `--dry-run` and tests see the exact
 result); `apply_changes` writes it atomically.
@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pytest_agentic.atomic import write_atomic
@@ -18,8 +19,9 @@ from pytest_agentic.config import Config, load_config
 from pytest_agentic.conventions.introspect import introspect
 from pytest_agentic.conventions.render import FileChange, plan_scaffold
 from pytest_agentic.errors import AgenticError, run_main
+from pytest_agentic.scope import BOOKKEEPING
+from pytest_agentic.workspace import BOOKKEEPING_IGNORE
 
-GITIGNORE_LINES = (".agentic/runs/", ".agentic/active")
 HOOK_IDS = ("agentic-scope", "agentic-scaffold", "agentic-conventions")
 
 # `repo: local` with `language: system`: the hooks run the pytest-agentic the project
@@ -47,18 +49,6 @@ HOOKS_BLOCK = """\
     pass_filenames: false
     always_run: true
 """
-
-
-def plan_gitignore(old: str | None) -> str:
-    lines = (old or "").splitlines()
-    present = {line.strip() for line in lines}
-    missing = [line for line in GITIGNORE_LINES if line not in present]
-    if not missing:
-        return old or ""
-    text = old or ""
-    if text and not text.endswith("\n"):
-        text += "\n"
-    return text + "\n".join(missing) + "\n"
 
 
 def _indent(block: str, prefix: str) -> str:
@@ -128,6 +118,74 @@ def plan_precommit_config(old: str | None, where: str = ".pre-commit-config.yaml
     return new
 
 
+# `python -m unittest` with no arguments is discovery from the current folder; this loads
+# the same tests without running them, and fails on import errors or an empty suite.
+UNITTEST_COLLECT = (
+    "import sys, unittest; sys.dont_write_bytecode = True; "
+    "loader = unittest.TestLoader(); suite = loader.discover('.'); "
+    "sys.exit(1 if loader.errors or not suite.countTestCases() else 0)"
+)
+VERIFY_TIMEOUT = 120
+
+
+def verify_command(root: Path, command: str) -> str | None:
+    """Why `command` does not work here, or None. Cheap: the test command only collects
+    (`--collect-only -q`, or unittest discovery without running), `make` only dry-runs
+    (`make -n`). Install and lint commands name files already found, so they pass."""
+    import shutil
+    import subprocess
+
+    if command == "python -m pytest":
+        argv = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"]
+        ok: tuple[int, ...] = (
+            0,
+            5,
+        )  # 5: nothing collected yet; the command itself is still the right one
+    elif command == "python -m unittest":
+        argv, ok = [sys.executable, "-c", UNITTEST_COLLECT], (0,)
+    elif command.startswith("make "):
+        make = shutil.which("make")
+        if make is None:
+            return "make is not installed"
+        argv, ok = [make, "-n", *command.split()[1:]], (0,)
+    else:
+        return None
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    try:
+        proc = subprocess.run(
+            argv,
+            cwd=root,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=VERIFY_TIMEOUT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return f"no answer within {VERIFY_TIMEOUT} s"
+    except OSError as exc:
+        return str(exc)
+    if proc.returncode in ok:
+        return None
+    shown = " ".join(argv[1:] if argv[0] == sys.executable else argv)
+    return f"`{shown}` exited {proc.returncode}"
+
+
+def command_checker(root: Path, report: list[str]) -> Callable[[str], bool]:
+    """A `works(command)` for plan_scaffold that remembers answers and notes each refusal."""
+    answers: dict[str, bool] = {}
+
+    def works(command: str) -> bool:
+        if command not in answers:
+            why = verify_command(root, command)
+            answers[command] = why is None
+            if why is not None:
+                report.append(f"left out `{command}`: {why} (--no-verify keeps it)")
+        return answers[command]
+
+    return works
+
+
 def _read(path: Path) -> str | None:
     try:
         return path.read_text(encoding="utf-8")
@@ -137,19 +195,21 @@ def _read(path: Path) -> str | None:
         raise AgenticError(f"{path}: cannot read: {exc}") from None
 
 
-def plan_init(config: Config) -> list[FileChange]:
-    """Every file `init` would write, with old and new text; only the ones that change."""
+def plan_init(config: Config, works: Callable[[str], bool] | None = None) -> list[FileChange]:
+    """Every file `init` would write, with old and new text; only the ones that change.
+    `works` verifies each command AGENTS.md would name (see `command_checker`)."""
     precommit = ".pre-commit-config.yaml"
     old_precommit = _read(config.root / precommit)
     new_precommit = plan_precommit_config(old_precommit, precommit)
-    changes = plan_scaffold(config, introspect(config.root, precommit_config=new_precommit))
-    old_ignore = _read(config.root / ".gitignore")
-    for rel, old, new in (
-        (".gitignore", old_ignore, plan_gitignore(old_ignore)),
-        (precommit, old_precommit, new_precommit),
-    ):
-        if new != old:
-            changes.append(FileChange(rel, old, new))
+    facts = introspect(config.root, precommit_config=new_precommit)
+    changes = plan_scaffold(config, facts, works)
+    if new_precommit != old_precommit:
+        changes.append(FileChange(precommit, old_precommit, new_precommit))
+    # Runs, journals and the active task are ignored in one place, `.agentic/.gitignore`
+    # (never the top-level .gitignore); an existing one is left as it is.
+    ignore = f"{BOOKKEEPING}/.gitignore"
+    if not os.path.lexists(config.root / ignore):
+        changes.append(FileChange(ignore, None, BOOKKEEPING_IGNORE))
     return changes
 
 
@@ -171,18 +231,28 @@ def diff(changes: Sequence[FileChange]) -> str:
 
 
 def init_main(argv: Sequence[str] | None = None) -> int:
-    """`pytest-agentic init [--dry-run]`: exit 0 done (or nothing to do), 2 misconfigured."""
+    """`pytest-agentic init [--dry-run] [--no-verify]`: exit 0 done (or nothing to do), 2
+    misconfigured."""
     parser = argparse.ArgumentParser(
         prog="pytest-agentic init",
         description="Write AGENTS.md, knowledge files, pointer files, .gitignore lines and "
         "the agentic pre-commit hooks, from what the repository contains.",
     )
     parser.add_argument("--dry-run", action="store_true", help="print the diff; write nothing")
+    parser.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="write the commands found without checking them (no collection, no make -n)",
+    )
     args = parser.parse_args(argv)
 
     def body() -> int:
         config = load_config()
-        changes = plan_init(config)
+        left_out: list[str] = []
+        works = None if args.no_verify else command_checker(config.root, left_out)
+        changes = plan_init(config, works)
+        for line in left_out:
+            print(f"pytest-agentic init: {line}", file=sys.stderr)
         if args.dry_run:
             sys.stdout.write(diff(changes))
             return 0

@@ -56,6 +56,8 @@ NOT_PACKAGES = frozenset(
         "examples",
         "example",
         "benchmarks",
+        "benchmark",
+        "bench",
         "scripts",
         "tools",
         "templates",
@@ -159,6 +161,18 @@ class RepoFacts:
     tox_envs: tuple[str, ...]
     nox_sessions: tuple[str, ...]
     make_targets: tuple[str, ...]
+    make_recipes: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """Each make target with its recipe lines (for what `make test` really runs)."""
+    ci_commands: tuple[str, ...] = ()
+    """One-line `run:` steps of `.github/workflows/*.yml`, in order, each once."""
+    test_runner: str | None = None
+    """"pytest" or "unittest": what the project's own files run its tests with."""
+    rules: tuple[str, ...] = ()
+    """What an agent must obey, each line naming the file it was read from."""
+    guides: tuple[str, ...] = ()
+    """CONTRIBUTING and AI-usage policy files, to be read first."""
+    own_precommit: bool = False
+    """Whether `.pre-commit-config.yaml` has hooks other than ours (the project's own)."""
 
 
 # --- the file list ----------------------------------------------------------------------
@@ -282,8 +296,11 @@ def read_module(path: Path) -> tuple[str, tuple[str, ...]]:
     except (SyntaxError, ValueError):
         return "", ()
     doc = (ast.get_docstring(tree) or "").strip()
-    # The first paragraph, joined: a first line wrapped at 100 columns stops mid-sentence.
+    # One line of responsibility: the summary line (PEP 257), or its first sentence when it
+    # was wrapped into a paragraph (a first line cut at 100 columns stops mid-sentence).
     summary = " ".join(doc.split("\n\n", 1)[0].split()) if doc else ""
+    sentence = re.match(r"^(.+?[.!?])(?:\s|$)", summary)
+    summary = sentence.group(1) if sentence else summary
     names: list[str] = []
     declared: list[str] | None = None
     for node in tree.body:
@@ -304,7 +321,8 @@ def read_module(path: Path) -> tuple[str, tuple[str, ...]]:
                     if isinstance(value, (list, tuple)):
                         declared = [v for v in value if isinstance(v, str)]
     if declared is not None:
-        return summary, tuple(declared)
+        # Dunders (`__version__`, `__author__`, `__doc__`) are metadata, not the API.
+        return summary, tuple(n for n in declared if not n.startswith("__"))
     public = [n for n in dict.fromkeys(names) if not n.startswith("_")]
     return summary, tuple(public)
 
@@ -391,7 +409,13 @@ def find_packages(root: Path, files: Iterable[str]) -> tuple[str, tuple[Package,
     return layout, tuple(sorted(packages, key=lambda p: p.name))
 
 
+# Folders whose `test_*.py` files are benchmarks or examples, not the test suite.
+NOT_TEST_DIRS = frozenset({"bench", "benchmark", "benchmarks", "examples", "example", "docs"})
+
+
 def _is_test_file(rel: str) -> bool:
+    if rel.split("/", 1)[0] in NOT_TEST_DIRS and "/" in rel:
+        return False
     base = rel.rsplit("/", 1)[-1]
     return base.startswith("test_") or base.endswith("_test.py") or base == "conftest.py"
 
@@ -507,18 +531,87 @@ def _line_length(pyproject: Mapping[str, Any]) -> int | None:
     return None
 
 
-def read_tox_envs(root: Path, files: tuple[str, ...]) -> tuple[str, ...]:
-    if "tox.ini" not in files:
-        return ()
-    parsed = read_ini(root / "tox.ini")
-    if parsed is None:
-        return ()
+def _split_top(text: str) -> list[str]:
+    """Split a tox env list on commas and newlines outside braces; drop `#` comments."""
+    items: list[str] = []
+    depth = 0
+    current = ""
+    for line in text.splitlines():
+        line = line.split(" #", 1)[0] if not line.lstrip().startswith("#") else ""
+        for char in line:
+            if char == "{":
+                depth += 1
+            elif char == "}":
+                depth = max(0, depth - 1)
+            if char == "," and depth == 0:
+                items.append(current)
+                current = ""
+            else:
+                current += char
+        if depth == 0:
+            items.append(current)
+            current = ""
+    items.append(current)
+    return [i.strip() for i in items if i.strip()]
+
+
+def _brace_values(body: str) -> list[str]:
+    values: list[str] = []
+    for part in body.split(","):
+        part = part.strip()
+        low, dash, high = part.partition("-")
+        if dash and low.isdigit() and high.isdigit() and int(low) <= int(high) <= int(low) + 100:
+            values += [str(n) for n in range(int(low), int(high) + 1)]  # tox 4 ranges: {9-14}
+        else:
+            values.append(part)
+    return values
+
+
+def expand_tox(item: str) -> list[str]:
+    """Every environment name a tox env-list entry stands for: `py{38,39}-{a,b}` is the
+    product py38-a py38-b py39-a py39-b, `py3{9-11}` a range, as tox itself expands them."""
+    match = re.search(r"\{([^{}]*)\}", item)
+    if match is None:
+        return ["".join(item.split())]
+    head, tail = item[: match.start()], item[match.end() :]
+    out: list[str] = []
+    for value in _brace_values(match.group(1)):
+        out += expand_tox(head + value + tail)
+    return list(dict.fromkeys(out))
+
+
+def _tox_names(entries: Iterable[str]) -> list[str]:
+    return [name for entry in entries for item in _split_top(entry) for name in expand_tox(item)]
+
+
+def read_tox_envs(
+    root: Path, files: tuple[str, ...], pyproject: Mapping[str, Any] | None = None
+) -> tuple[str, ...]:
+    """The tox environments of tox.ini, tox.toml or pyproject's [tool.tox], expanded."""
     envs: list[str] = []
-    if parsed.has_option("tox", "envlist"):
-        for chunk in re.split(r"[\s,]+", parsed.get("tox", "envlist")):
-            if chunk and "{" not in chunk:
-                envs.append(chunk)
-    envs += [s.split(":", 1)[1] for s in parsed.sections() if s.startswith("testenv:")]
+    if "tox.ini" in files:
+        parsed = read_ini(root / "tox.ini")
+        if parsed is not None:
+            for key in ("envlist", "env_list"):
+                if parsed.has_option("tox", key):
+                    envs += _tox_names([parsed.get("tox", key)])
+            envs += _tox_names(
+                s.split(":", 1)[1] for s in parsed.sections() if s.startswith("testenv:")
+            )
+    tables: list[Mapping[str, Any]] = []
+    if "tox.toml" in files:
+        try:
+            tables.append(tomllib.loads(_read_text(root / "tox.toml") or ""))
+        except tomllib.TOMLDecodeError:
+            pass
+    tool_tox = _table(pyproject or {}, "tool", "tox")
+    if tool_tox:
+        tables.append(tool_tox)
+    for table in tables:
+        env_list = table.get("env_list")
+        if isinstance(env_list, list):
+            envs += _tox_names(str(e) for e in env_list)
+        envs += _tox_names(_table(table, "env"))
     return tuple(dict.fromkeys(envs))
 
 
@@ -548,14 +641,204 @@ def read_nox_sessions(root: Path, files: tuple[str, ...]) -> tuple[str, ...]:
 
 
 _MAKE_TARGET = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]*)\s*:(?!=)", re.MULTILINE)
+MAKEFILES = ("Makefile", "makefile", "GNUmakefile")
+
+
+def read_make_recipes(
+    root: Path, files: tuple[str, ...]
+) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """Each target of the Makefile with its recipe lines (tab-indented), `@`/`-` stripped."""
+    name = next((n for n in MAKEFILES if n in files), None)
+    if name is None:
+        return ()
+    recipes: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in (_read_text(root / name) or "").splitlines():
+        if line.startswith("\t"):
+            if current is not None and line.strip() and not line.strip().startswith("#"):
+                current.append(line.strip().lstrip("@-").strip())
+            continue
+        match = _MAKE_TARGET.match(line)
+        if match and match.group(1) != ".PHONY" and not match.group(1).startswith("."):
+            current = recipes.setdefault(match.group(1), [])
+        elif line.strip() and not line.startswith("#"):
+            current = None
+    return tuple((t, tuple(r)) for t, r in recipes.items())
 
 
 def read_make_targets(root: Path, files: tuple[str, ...]) -> tuple[str, ...]:
-    name = next((n for n in ("Makefile", "makefile", "GNUmakefile") if n in files), None)
-    if name is None:
+    return tuple(t for t, _ in read_make_recipes(root, files))
+
+
+def read_ci_commands(root: Path, files: tuple[str, ...]) -> tuple[str, ...]:
+    """The one-line `run:` steps of GitHub workflows (YAML parsed, never run)."""
+    workflows = [
+        f for f in files if f.startswith(".github/workflows/") and f.endswith((".yml", ".yaml"))
+    ]
+    if not workflows:
         return ()
-    text = _read_text(root / name) or ""
-    return tuple(dict.fromkeys(t for t in _MAKE_TARGET.findall(text) if t != ".PHONY"))
+    import yaml
+
+    out: list[str] = []
+    for rel in workflows:
+        try:
+            data = yaml.safe_load(_read_text(root / rel) or "")
+        except (yaml.YAMLError, RecursionError):
+            continue
+        jobs = data.get("jobs") if isinstance(data, dict) else None
+        for job in jobs.values() if isinstance(jobs, dict) else []:
+            steps = job.get("steps") if isinstance(job, dict) else None
+            for step in steps if isinstance(steps, list) else []:
+                run = step.get("run") if isinstance(step, dict) else None
+                if isinstance(run, str) and run.strip() and "\n" not in run.strip():
+                    if "${{" not in run:  # expressions only CI can fill in
+                        out.append(" ".join(run.split()))
+    return tuple(dict.fromkeys(out))
+
+
+def read_tox_commands(root: Path, files: tuple[str, ...]) -> tuple[str, ...]:
+    if "tox.ini" not in files:
+        return ()
+    parsed = read_ini(root / "tox.ini")
+    if parsed is None:
+        return ()
+    return tuple(
+        line
+        for section in parsed.sections()
+        if section == "testenv" or section.startswith("testenv:")
+        if parsed.has_option(section, "commands")
+        for line in _lines(parsed.get(section, "commands"))
+    )
+
+
+def _runs(command: str) -> str | None:
+    """ "pytest" or "unittest" when a shell command runs that test runner."""
+    words = command.replace("{envpython}", "python").split()
+    if "pytest" in words or "py.test" in words:
+        return "pytest"
+    if "unittest" in words or "unittest" in command.split("-m", 1)[-1].split()[:1]:
+        return "unittest"
+    return None
+
+
+def find_test_runner(
+    tests: TestSetup,
+    recipes: Mapping[str, tuple[str, ...]],
+    tox_commands: tuple[str, ...],
+    ci_commands: tuple[str, ...],
+) -> str | None:
+    """What the project's own files run the tests with. pytest configuration, or a test
+    command that runs pytest, says pytest; a project whose `make test`/`make coverage`, tox
+    or CI runs `python -m unittest` (and nothing runs pytest) is told unittest (issue 12)."""
+    commands = [*tox_commands, *ci_commands]
+    for target in ("test", "tests", "coverage", "check"):
+        commands += recipes.get(target, ())
+    runners = {r for r in map(_runs, commands) if r}
+    if tests.config or "pytest" in runners:
+        return "pytest"
+    if "unittest" in runners:
+        return "unittest"
+    return "pytest" if tests.test_file_count else None
+
+
+def read_rules(
+    root: Path, pyproject: Mapping[str, Any], files: tuple[str, ...], commands: Iterable[str]
+) -> tuple[str, ...]:
+    """What an agent must obey, read from the project's files: each line says what and where."""
+    rules: list[str] = []
+    stubs = [f for f in files if f.endswith(".pyi") and not f.startswith(("tests/", "test/"))]
+    stubtest = next((c for c in commands if "stubtest" in c.split()), None)
+    if stubs:
+        rule = (
+            f"Type stubs (`.pyi`, e.g. `{stubs[0]}`) sit next to the code: a change to a "
+            "public signature changes its stub too"
+        )
+        if stubtest:
+            rule += f"; `{stubtest}` checks them"
+        rules.append(rule + ".")
+    fail_under = None
+    cov = _table(pyproject, "tool", "coverage", "report")
+    if "fail_under" in cov:
+        fail_under = (cov["fail_under"], "pyproject.toml [tool.coverage.report]")
+    for name, section in (
+        (".coveragerc", "report"),
+        ("setup.cfg", "coverage:report"),
+        ("tox.ini", "coverage:report"),
+    ):
+        if fail_under is None and name in files:
+            parsed = read_ini(root / name)
+            if parsed is not None and parsed.has_option(section, "fail_under"):
+                fail_under = (parsed.get(section, "fail_under"), f"{name} [{section}]")
+    if fail_under is None:
+        for command in commands:
+            match = re.search(r"--fail-under[= ](\d+(?:\.\d+)?)", command)
+            if match:
+                fail_under = (match.group(1), f"`{command}`")
+                break
+    if fail_under is not None:
+        rules.append(
+            f"Coverage must stay at or above {fail_under[0]} % (fail_under, {fail_under[1]}): "
+            "new code needs tests."
+        )
+    mypy = _table(pyproject, "tool", "mypy")
+    if mypy.get("strict") is True:
+        rules.append(
+            "mypy runs in strict mode (`strict = true`, pyproject.toml [tool.mypy]): "
+            "every function fully typed."
+        )
+    else:
+        for name in ("mypy.ini", ".mypy.ini", "setup.cfg"):
+            parsed = read_ini(root / name) if name in files else None
+            if (
+                parsed is not None
+                and parsed.has_option("mypy", "strict")
+                and parsed.get("mypy", "strict").strip().lower() == "true"
+            ):
+                rules.append(
+                    f"mypy runs in strict mode (`strict = True`, {name} [mypy]): "
+                    "every function fully typed."
+                )
+                break
+    towncrier = _table(pyproject, "tool", "towncrier")
+    fragments = towncrier.get("directory") if isinstance(towncrier.get("directory"), str) else None
+    if fragments is None and any(f.startswith("changelog.d/") for f in files):
+        fragments = "changelog.d"
+    if fragments:
+        source = "pyproject.toml [tool.towncrier]" if towncrier else f"`{fragments}/`"
+        rules.append(f"Each user-visible change adds a news fragment in `{fragments}/` ({source}).")
+    return tuple(rules)
+
+
+GUIDE_FILES = (
+    "CONTRIBUTING.md",
+    "CONTRIBUTING.rst",
+    ".github/CONTRIBUTING.md",
+    "docs/CONTRIBUTING.md",
+    "AI_POLICY.md",
+    ".github/AI_POLICY.md",
+    "AI_USAGE.md",
+    ".github/AI_USAGE.md",
+    "docs/AI_POLICY.md",
+)
+
+
+def find_guides(files: tuple[str, ...]) -> tuple[str, ...]:
+    """CONTRIBUTING and AI-usage policy files: the project's own rules for contributors."""
+    present = set(files)
+    found = [g for g in GUIDE_FILES if g in present]
+    found += [
+        f
+        for f in files
+        if re.search(
+            r"(^|/)(AI[_-]?(POLICY|USAGE|GUIDELINES)|LLM[_-]?POLICY)\.(md|rst|txt)$", f, re.I
+        )
+        and f not in found
+        and f.count("/") <= 1
+    ]
+    # AI policies first: they say whether and how an agent may contribute at all.
+    return tuple(
+        sorted(found, key=lambda f: ("AI" not in f.upper().rsplit("/", 1)[-1][:3], found.index(f)))
+    )
 
 
 def find_ci_files(files: tuple[str, ...]) -> tuple[str, ...]:
@@ -571,26 +854,36 @@ def find_ci_files(files: tuple[str, ...]) -> tuple[str, ...]:
 # --- putting it together ----------------------------------------------------------------
 
 
+REQUIREMENT_NAMES = re.compile(
+    r"^(requirements[-_]?(dev|test|tests|testing|lint|docs)?\.txt|(dev|test)[-_.]requirements\.txt"
+    r"|requirements/[^/]+\.txt)$"
+)
+
+
 def install_commands(
-    files: tuple[str, ...], extras: tuple[str, ...], has_project: bool
+    files: tuple[str, ...],
+    extras: tuple[str, ...],
+    has_project: bool,
+    pyproject: Mapping[str, Any] | None = None,
 ) -> tuple[str, ...]:
-    """How the repository installs, read from the lock and requirement files present."""
+    """How the repository installs, read from the lock, requirement and pyproject files."""
+    pyproject = pyproject or {}
+    groups = tuple(_table(pyproject, "dependency-groups"))
     if "uv.lock" in files:
-        return ("uv sync",)
+        return ("uv sync",)  # installs the `dev` group too, as uv does by default
     if "poetry.lock" in files:
         return ("poetry install",)
+    if "pdm.lock" in files:
+        return ("pdm install",)
     commands = []
     if has_project:
         dev = next((e for e in ("dev", "test", "tests", "testing") if e in extras), None)
         commands.append(f'pip install -e ".[{dev}]"' if dev else "pip install -e .")
-    for req in (
-        "requirements.txt",
-        "requirements-dev.txt",
-        "requirements-test.txt",
-        "requirements/dev.txt",
-        "requirements/test.txt",
-    ):
-        if req in files:
+    group = next((g for g in ("dev", "test", "tests", "testing") if g in groups), None)
+    if group:
+        commands.append(f"pip install --group {group}")
+    for req in files:
+        if REQUIREMENT_NAMES.match(req) and not req.endswith(("docs.txt", "/docs.txt")):
             commands.append(f"pip install -r {req}")
     return tuple(commands)
 
@@ -685,6 +978,11 @@ def introspect(
         or "setup.py" in files
         or (setup_cfg is not None and setup_cfg.has_section("metadata"))
     )
+    recipes = read_make_recipes(root, files)
+    ci_commands = read_ci_commands(root, files)
+    tox_commands = read_tox_commands(root, files)
+    tests = read_test_setup(root, pyproject, files)
+    all_commands = [*(c for _, r in recipes for c in r), *tox_commands, *ci_commands]
     return RepoFacts(
         root=root,
         files=files,
@@ -698,13 +996,19 @@ def introspect(
         scripts=tuple(sorted(scripts.items())),
         entry_points=tuple(sorted(entry_points)),
         extras=tuple(extras),
-        install=install_commands(files, tuple(extras), has_project),
-        tests=read_test_setup(root, pyproject, files),
+        install=install_commands(files, tuple(extras), has_project, pyproject),
+        tests=tests,
         tools=find_tools(root, pyproject, files, hooks),
         line_length=_line_length(pyproject),
         precommit_hooks=hooks,
         ci_files=find_ci_files(files),
-        tox_envs=read_tox_envs(root, files),
+        tox_envs=read_tox_envs(root, files, pyproject),
         nox_sessions=read_nox_sessions(root, files),
-        make_targets=read_make_targets(root, files),
+        make_targets=tuple(t for t, _ in recipes),
+        make_recipes=recipes,
+        ci_commands=ci_commands,
+        test_runner=find_test_runner(tests, dict(recipes), tox_commands, ci_commands),
+        rules=read_rules(root, pyproject, files, all_commands),
+        guides=find_guides(files),
+        own_precommit=any(not h.startswith("agentic-") for h in hooks),
     )

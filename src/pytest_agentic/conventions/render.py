@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +24,6 @@ AGENTS_MD = "AGENTS.md"
 # How many modules AGENTS.md lists one by one; beyond it, packages only (the knowledge files
 # hold the full map). AGENTS.md is loaded on every turn, so it must stay short.
 LAYOUT_MODULE_LIMIT = 40
-PUBLIC_NAME_LIMIT = 12
 
 
 def begin_marker(name: str) -> str:
@@ -189,12 +188,6 @@ def _code(text: str) -> str:
     return f"`{text}`"
 
 
-def _names(names: tuple[str, ...]) -> str:
-    shown = ", ".join(_code(n) for n in names[:PUBLIC_NAME_LIMIT])
-    more = len(names) - PUBLIC_NAME_LIMIT
-    return shown + (f" and {more} more" if more > 0 else "")
-
-
 def _folder(path: str) -> str:
     return path if path.endswith(".py") else path + "/"
 
@@ -204,13 +197,19 @@ def knowledge_path(config: Config, package: Package) -> str:
 
 
 def test_command(facts: RepoFacts) -> str | None:
-    if facts.tests.config or facts.tests.test_file_count:
+    """The command that runs the tests, as the project's own files do (issue 12: a project
+    that tests with `python -m unittest` is never told `python -m pytest`)."""
+    if facts.test_runner == "unittest":
+        return "python -m unittest"
+    if facts.test_runner == "pytest":
         return "python -m pytest"
     return None
 
 
 def lint_commands(facts: RepoFacts) -> list[str]:
-    if facts.precommit_hooks:
+    # `pre-commit run` is a project command only when the project has hooks of its own: a
+    # config holding nothing but ours (written by init) is not the project's convention.
+    if facts.own_precommit:
         return ["pre-commit run --all-files"]
     commands = {
         "ruff": "ruff check .",
@@ -223,8 +222,33 @@ def lint_commands(facts: RepoFacts) -> list[str]:
     return [commands[t.name] for t in facts.tools]
 
 
+# Make targets worth naming: what a contributor runs before pushing.
+MAKE_TARGETS_SHOWN = ("test", "tests", "check", "lint", "coverage", "typecheck", "format")
+
+
+def project_commands(facts: RepoFacts) -> list[str]:
+    """`make` targets the project defines for tests and checks, with what they run."""
+    recipes = dict(facts.make_recipes)
+    ci = " ".join(facts.ci_commands)
+    out = []
+    for target, _ in facts.make_recipes:
+        if target in MAKE_TARGETS_SHOWN or f"make {target}" in ci:
+            if recipes[target] or target in MAKE_TARGETS_SHOWN:
+                out.append(f"make {target}")
+    return out
+
+
+def guides_line(facts: RepoFacts) -> str | None:
+    if not facts.guides:
+        return None
+    return "Read first: " + ", ".join(f"[{g}]({g})" for g in facts.guides) + "."
+
+
 def overview_section(facts: RepoFacts, config: Config) -> str:
     lines = []
+    guides = guides_line(facts)
+    if guides:
+        lines.append(guides)
     if facts.name:
         head = f"**{facts.name}**" + (f" {facts.version}" if facts.version else "")
         if facts.description:
@@ -244,8 +268,7 @@ def overview_section(facts: RepoFacts, config: Config) -> str:
         where = "no importable package found"
     namespace = [p.name for p in facts.packages if p.namespace]
     if facts.packages:
-        names = ", ".join(_code(p.name) for p in facts.packages)
-        where += f"; {len(facts.packages)} package(s): {names}"
+        where += "; packages: " + ", ".join(_code(p.name) for p in facts.packages)
     if namespace:
         where += f" (namespace: {', '.join(namespace)})"
     lines.append(where + ".")
@@ -254,28 +277,37 @@ def overview_section(facts: RepoFacts, config: Config) -> str:
     return "\n".join(lines)
 
 
-def commands_section(facts: RepoFacts, config: Config) -> str:
-    commands = list(facts.install)
-    if test_command(facts):
-        commands.append(test_command(facts) or "")
-    commands += lint_commands(facts)
+def commands_section(
+    facts: RepoFacts, config: Config, works: Callable[[str], bool] | None = None
+) -> str:
+    """Set-up, test and check commands read from the project's files. `works`, when given,
+    is asked about each command and a command it rejects is left out (init's verification)."""
+    test = test_command(facts)
+    candidates = [*facts.install, *([test] if test else []), *lint_commands(facts)]
+    candidates += [c for c in project_commands(facts) if c not in candidates]
+    commands = [c for c in candidates if works is None or works(c)]
     lines = []
     if commands:
         lines += ["```sh", *commands, "```"]
     else:
         lines.append("No install, test or lint command found in the repository.")
+    recipes = dict(facts.make_recipes)
+    for command in commands:
+        if command.startswith("make ") and recipes.get(command[5:]):
+            ran = "; ".join(recipes[command[5:]])
+            lines.append(f"- {_code(command)} runs: {ran}")
+    ci = [c for c in facts.ci_commands if c not in commands]
+    if ci:
+        lines.append("- CI runs: " + ", ".join(_code(c) for c in ci))
     if facts.scripts:
         lines.append(
-            "Console scripts: "
+            "- Console scripts: "
             + ", ".join(f"{_code(name)} ({target})" for name, target in facts.scripts)
-            + "."
         )
     if facts.tox_envs:
-        lines.append(f"tox environments ({_code('tox.ini')}): {', '.join(facts.tox_envs)}.")
+        lines.append("- tox environments: " + ", ".join(facts.tox_envs))
     if facts.nox_sessions:
-        lines.append(f"nox sessions ({_code('noxfile.py')}): {', '.join(facts.nox_sessions)}.")
-    if facts.make_targets:
-        lines.append(f"make targets: {', '.join(facts.make_targets)}.")
+        lines.append(f"- nox sessions ({_code('noxfile.py')}): {', '.join(facts.nox_sessions)}")
     return "\n".join(lines)
 
 
@@ -288,7 +320,7 @@ def layout_section(facts: RepoFacts, config: Config) -> str:
     for package in facts.packages:
         summary = f": {package.summary}" if package.summary else ""
         lines.append(f"- {_code(_folder(package.path))}{summary}")
-        lines.append(f"  Knowledge: {_code(knowledge_path(config, package))}.")
+        lines.append(f"  Module map: {_code(knowledge_path(config, package))}.")
         for module in package.modules:
             if module.name == package.name:
                 continue
@@ -297,8 +329,6 @@ def layout_section(facts: RepoFacts, config: Config) -> str:
                 continue
             shown = module.path[: -len("__init__.py")] if is_sub else module.path
             lines.append(f"  - {_code(shown)}" + (f": {module.summary}" if module.summary else ""))
-        if not per_module:
-            lines.append(f"  ({len(package.modules)} modules; the knowledge file lists each.)")
     if facts.entry_points:
         lines.append(
             "Entry points: "
@@ -311,7 +341,7 @@ def layout_section(facts: RepoFacts, config: Config) -> str:
 
 
 def conventions_section(facts: RepoFacts, config: Config) -> str:
-    lines = []
+    lines = [f"- {rule}" for rule in facts.rules]
     for tool in facts.tools:
         config_files = [s for s in tool.sources if not s.startswith("pre-commit hook")]
         hooks = [s.split("`")[1] for s in tool.sources if s.startswith("pre-commit hook")]
@@ -325,17 +355,17 @@ def conventions_section(facts: RepoFacts, config: Config) -> str:
         lines.append(f"- {tool.name}: {sources}")
     if facts.line_length:
         lines.append(f"- line length {facts.line_length}")
-    if facts.precommit_hooks:
-        lines.append(
-            f"- pre-commit hooks ({_code('.pre-commit-config.yaml')}): "
-            + ", ".join(facts.precommit_hooks)
-        )
+    own = [h for h in facts.precommit_hooks if not h.startswith("agentic-")]
+    if facts.own_precommit and own:
+        lines.append(f"- pre-commit hooks ({_code('.pre-commit-config.yaml')}): " + ", ".join(own))
     return "\n".join(lines) if lines else "No lint, format or type-check configuration found."
 
 
 def testing_section(facts: RepoFacts, config: Config) -> str:
     tests = facts.tests
     lines = []
+    if facts.test_runner == "unittest":
+        lines.append("- runner: unittest (`python -m unittest`), not pytest")
     if tests.config:
         file, _, table = tests.config.partition(" ")
         lines.append(f"- pytest configuration: {_code(file)} {table}")
@@ -345,20 +375,21 @@ def testing_section(facts: RepoFacts, config: Config) -> str:
         lines.append(f"- addopts: {_code(tests.addopts)}")
     if tests.warnings_are_errors:
         lines.append("- filterwarnings = error: any warning fails the test that raised it")
-    if tests.test_file_count:
-        where = ", ".join(_code(d + "/") for d in tests.test_dirs) or "the top level"
-        lines.append(f"- {tests.test_file_count} test file(s) in {where}")
+    if tests.test_dirs:
+        lines.append("- tests in " + ", ".join(_code(d + "/") for d in tests.test_dirs))
+    elif tests.test_file_count:
+        lines.append("- tests at the top level")
     if tests.conftests:
         lines.append("- fixtures: " + ", ".join(_code(c) for c in tests.conftests))
     return "\n".join(lines) if lines else "No tests and no pytest configuration found."
 
 
 def tasks_section(facts: RepoFacts, config: Config) -> str:
+    # No count of specs here: AGENTS.md must not change when a task is added (issue 12).
     tasks_dir = str(config["tasks_dir"]).strip("/")
-    specs = sorted(f for f in facts.files if f.startswith(tasks_dir + "/") and f.endswith(".toml"))
     lines = [
-        f"- Task specs: {tasks_dir}/<id>.toml ({len(specs)} present); each spec's `scope` "
-        "globs are the files a change for it may touch.",
+        f"- Task specs: {tasks_dir}/<id>.toml; each spec's `scope` globs are the files a "
+        "change for it may touch.",
         "- Active task: $PYTEST_AGENTIC_TASK, else the id in .agentic/active.",
     ]
     if "agentic-scope" in facts.precommit_hooks:
@@ -397,21 +428,19 @@ AGENTS_SECTIONS = {
 
 
 def modules_section(package: Package) -> str:
+    """The package's module map: one line per module, its docstring's first line (else
+    nothing). No name lists: an agent finds names with grep; it cannot find responsibilities."""
     kind = "namespace package" if package.namespace else "package"
     lines = [f"{kind.capitalize()} `{package.name}` in {_code(_folder(package.path))}."]
     if package.summary:
         lines.append(package.summary)
-    if package.public:
-        lines.append(f"Public names: {_names(package.public)}.")
     lines.append("")
     for module in package.modules:
         if module.name == package.name:
             continue
-        text = f"- {_code(module.path)} (`{module.name}`)"
+        text = f"- {_code(module.path)}"
         if module.summary:
             text += f": {module.summary}"
-        if module.public:
-            text += f" Public: {_names(module.public)}."
         lines.append(text)
     return "\n".join(lines).rstrip("\n")
 
@@ -447,14 +476,31 @@ def _read_existing(root: Path, rel: str) -> str | None:
         raise AgenticError(f"{rel}: cannot read: {exc}") from None
 
 
-def plan_scaffold(config: Config, facts: RepoFacts) -> list[FileChange]:
+def _section_body(text: str | None, name: str) -> str | None:
+    if text is None:
+        return None
+    for section in parse_sections(text, AGENTS_MD):
+        if section.name == name:
+            return text[section.body_start : section.body_end].strip("\n")
+    return None
+
+
+def plan_scaffold(
+    config: Config, facts: RepoFacts, works: Callable[[str], bool] | None = None
+) -> list[FileChange]:
     """AGENTS.md, a knowledge file per package and the pointer files, as they should be;
-    only the ones that differ from what is on disk."""
+    only the ones that differ from what is on disk.
+
+    `works` verifies a command (init's cheap check). It is asked only when the commands
+    section would change, so a refresh that changes nothing there costs no subprocess.
+    """
     root = config.root
     planned: list[tuple[str, str]] = []
     template = read_template(config, "AGENTS.md")
     contents = {name: build(facts, config) for name, build in AGENTS_SECTIONS.items()}
     existing = _read_existing(root, AGENTS_MD)
+    if works is not None and _section_body(existing, "commands") != contents["commands"]:
+        contents["commands"] = commands_section(facts, config, works)
     planned.append((AGENTS_MD, render_text(existing, template, contents, {}, AGENTS_MD)))
 
     knowledge_template = read_template(config, "knowledge.md")

@@ -18,17 +18,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # pre-commit may pass file names; the verdict is about the repository as a whole.
     parser.add_argument("filenames", nargs="*", help="ignored")
-    parser.parse_args(argv)
+    parser.add_argument(
+        "--no-verify", action="store_true", help="do not check the commands AGENTS.md names"
+    )
+    args = parser.parse_args(argv)
 
     def body() -> int:
         # Imported here so `--help` and argument errors stay instant.
         from pytest_agentic.config import load_config
-        from pytest_agentic.conventions.init import apply_changes
+        from pytest_agentic.conventions.init import apply_changes, command_checker
         from pytest_agentic.conventions.introspect import introspect
         from pytest_agentic.conventions.render import plan_scaffold
 
         config = load_config()
-        changes = plan_scaffold(config, introspect(config.root))
+        # The same verification as init, or a refresh would put back what init left out.
+        left_out: list[str] = []
+        works = None if args.no_verify else command_checker(config.root, left_out)
+        changes = plan_scaffold(config, introspect(config.root), works)
+        for line in left_out:
+            print(f"agentic-scaffold: {line}")
         apply_changes(config.root, changes)
         for change in changes:
             verb = "created" if change.old is None else "refreshed"

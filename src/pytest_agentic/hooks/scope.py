@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 
 from pytest_agentic import gitrepo
 from pytest_agentic.config import Config, load_config
+from pytest_agentic.conventions import convention_files
 from pytest_agentic.errors import AgenticError, run_main
 from pytest_agentic.scope import PathPolicy
 from pytest_agentic.tasks import ENV_ACTIVE, Task, active_task_id, check_id, parse_task_text
@@ -118,7 +119,7 @@ def check_scope(
         else None
     )
 
-    policy = PathPolicy(config.root, task=task)
+    policy = PathPolicy(config.root, task=task, conventions=convention_files(config))
     violations: list[Violation] = []
     checked = 0
     for change in changes:
