@@ -273,3 +273,23 @@ def test_verify_fix_runs_agent_fix_under_the_tasks_scope(
     assert seen == {"argv": ["tests/test_webhooks.py", "--agent-fix"], "task": "t"}
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert not (repo / ".agentic/active").exists()
+
+
+def test_an_existing_bookkeeping_ignore_file_is_never_rewritten(
+    repo: Path, capsys, git: Callable[..., str]
+) -> None:
+    from pytest_agentic.workspace import ignore_bookkeeping
+
+    ignore = repo / ".agentic/.gitignore"
+    ignore.parent.mkdir()
+    ignore.write_text("/active\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "ignore file")
+    run(capsys, "task", "new", "t", "--scope", "src/**")
+    out = run(capsys, "task", "start", "t")[1]
+    assert "created .agentic/.gitignore" not in out
+    # What a fix run calls before creating runs/ and journal/:
+    assert ignore_bookkeeping(repo, ".agentic/runs/") is False
+    assert ignore_bookkeeping(repo, ".agentic/journal/") is False
+    assert ignore.read_text() == "/active\n"
+    assert git(repo, "status", "--porcelain", "--", ".agentic/.gitignore") == ""

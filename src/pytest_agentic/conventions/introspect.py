@@ -171,6 +171,8 @@ class RepoFacts:
     """What an agent must obey, each line naming the file it was read from."""
     guides: tuple[str, ...] = ()
     """CONTRIBUTING and AI-usage policy files, to be read first."""
+    hatch_envs: tuple[str, ...] = ()
+    """`[tool.hatch.envs]` environments (`hatch run ENV:SCRIPT`)."""
     own_precommit: bool = False
     """Whether `.pre-commit-config.yaml` has hooks other than ours (the project's own)."""
 
@@ -670,6 +672,38 @@ def read_make_targets(root: Path, files: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(t for t, _ in read_make_recipes(root, files))
 
 
+# What a CI step runs that a contributor can run too; plumbing (tar, rm, cd) is left out.
+CI_TOOLS = frozenset(
+    {
+        "make",
+        "tox",
+        "nox",
+        "pytest",
+        "python",
+        "python3",
+        "pre-commit",
+        "uv",
+        "uvx",
+        "hatch",
+        "pdm",
+        "coverage",
+        "mypy",
+        "ruff",
+        "flake8",
+        "black",
+        "pyright",
+        "stubtest",
+    }
+)
+
+
+def _ci_command_worth_naming(run: str) -> bool:
+    # One line, no shell variables or expressions only CI fills in, no redirection.
+    if not run or "\n" in run or any(c in run for c in "$><|`"):
+        return False
+    return run.split()[0] in CI_TOOLS
+
+
 def read_ci_commands(root: Path, files: tuple[str, ...]) -> tuple[str, ...]:
     """The one-line `run:` steps of GitHub workflows (YAML parsed, never run)."""
     workflows = [
@@ -690,9 +724,8 @@ def read_ci_commands(root: Path, files: tuple[str, ...]) -> tuple[str, ...]:
             steps = job.get("steps") if isinstance(job, dict) else None
             for step in steps if isinstance(steps, list) else []:
                 run = step.get("run") if isinstance(step, dict) else None
-                if isinstance(run, str) and run.strip() and "\n" not in run.strip():
-                    if "${{" not in run:  # expressions only CI can fill in
-                        out.append(" ".join(run.split()))
+                if isinstance(run, str) and _ci_command_worth_naming(run.strip()):
+                    out.append(" ".join(run.split()))
     return tuple(dict.fromkeys(out))
 
 
@@ -1011,4 +1044,5 @@ def introspect(
         rules=read_rules(root, pyproject, files, all_commands),
         guides=find_guides(files),
         own_precommit=any(not h.startswith("agentic-") for h in hooks),
+        hatch_envs=tuple(_table(pyproject, "tool", "hatch", "envs")),
     )

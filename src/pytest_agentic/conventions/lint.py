@@ -369,12 +369,16 @@ def check_command(ctx: Context, command: str, strict: bool) -> str | None:
     if word == "tox":
         if not ({"tox.ini", "tox.toml"} & ctx.files) and "[tool.tox" not in _pyproject(ctx):
             return f"`{command}`: no tox configuration (tox.ini, tox.toml or [tool.tox])"
-        if "tox.ini" not in ctx.files:
-            return None
+        if not facts.tox_envs:
+            return None  # a configuration whose env list we cannot read: do not guess
         for env in _option_values(args, ("-e", "--envlist")):
             for name in env.split(","):
-                if name and name not in facts.tox_envs and not re.match(r"^py\d*$", name):
-                    return f"`{command}`: no tox environment {name} in tox.ini"
+                if name and not tox_env_exists(facts.tox_envs, name):
+                    where = next(
+                        (f for f in ("tox.ini", "tox.toml") if f in ctx.files),
+                        "pyproject.toml [tool.tox]",
+                    )
+                    return f"`{command}`: no tox environment {name} in {where}"
         return None
     if word == "nox":
         if "noxfile.py" not in ctx.files:
@@ -402,6 +406,19 @@ def check_command(ctx: Context, command: str, strict: bool) -> str | None:
             "command on PATH"
         )
     return None
+
+
+PYTHON_FACTOR = re.compile(r"^(py|pypy|cpython)\d*(\.\d+)?(t)?$")
+
+
+def tox_env_exists(envs: tuple[str, ...], name: str) -> bool:
+    """Whether tox would run `name`: a listed environment (expanded as tox expands env lists,
+    by the same parser as AGENTS.md's), a bare Python factor, or a combination of factors
+    the listed environments use (tox 4 builds those on demand: `py3.12-unidecode`)."""
+    if name in envs or name == "ALL" or PYTHON_FACTOR.match(name):
+        return True
+    factors = {f for env in envs for f in env.split("-")}
+    return all(f in factors or PYTHON_FACTOR.match(f) for f in name.split("-"))
 
 
 def _pyproject(ctx: Context) -> str:

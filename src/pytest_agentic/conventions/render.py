@@ -211,6 +211,8 @@ def lint_commands(facts: RepoFacts) -> list[str]:
     # config holding nothing but ours (written by init) is not the project's convention.
     if facts.own_precommit:
         return ["pre-commit run --all-files"]
+    if any(t in ("check", "lint") for t, _ in facts.make_recipes):
+        return []  # `make check` / `make lint` is how this project runs its linters
     commands = {
         "ruff": "ruff check .",
         "black": "black --check .",
@@ -306,6 +308,10 @@ def commands_section(
         )
     if facts.tox_envs:
         lines.append("- tox environments: " + ", ".join(facts.tox_envs))
+    if facts.hatch_envs:
+        lines.append(
+            "- hatch environments (`hatch run ENV:SCRIPT`): " + ", ".join(facts.hatch_envs)
+        )
     if facts.nox_sessions:
         lines.append(f"- nox sessions ({_code('noxfile.py')}): {', '.join(facts.nox_sessions)}")
     return "\n".join(lines)
