@@ -114,6 +114,20 @@ def test_tox_toml_env_list_is_read(git_repo: GitRepo) -> None:
     assert introspect(root).tox_envs == ("py312", "py313", "lint", "docs")
 
 
+def test_pyproject_tox_tables_and_legacy_tox_ini_are_read(git_repo: GitRepo) -> None:
+    root = git_repo(
+        {
+            "pyproject.toml": '[project]\nname = "t"\n[tool.tox]\nlegacy_tox_ini = """\n'
+            '[tox]\nenvlist = py{39,310}-{a,b}\n"""\n',
+        }
+    )
+    assert introspect(root).tox_envs == ("py39-a", "py39-b", "py310-a", "py310-b")
+    root = git_repo(
+        {"pyproject.toml": '[project]\nname = "t"\n[tool.tox]\nenv_list = ["3.13", "lint"]\n'}
+    )
+    assert introspect(root).tox_envs == ("3.13", "lint")
+
+
 # --- the test command --------------------------------------------------------------------
 
 UNITTEST_PROJECT = {

@@ -609,6 +609,19 @@ def read_tox_envs(
     tool_tox = _table(pyproject or {}, "tool", "tox")
     if tool_tox:
         tables.append(tool_tox)
+        legacy = tool_tox.get("legacy_tox_ini")
+        if isinstance(legacy, str):  # tox.ini text embedded in pyproject.toml
+            parser = configparser.RawConfigParser(strict=False, interpolation=None)
+            try:
+                parser.read_string(legacy)
+            except configparser.Error:
+                parser = configparser.RawConfigParser()
+            for key in ("envlist", "env_list"):
+                if parser.has_option("tox", key):
+                    envs += _tox_names([parser.get("tox", key)])
+            envs += _tox_names(
+                s.split(":", 1)[1] for s in parser.sections() if s.startswith("testenv:")
+            )
     for table in tables:
         env_list = table.get("env_list")
         if isinstance(env_list, list):
