@@ -420,3 +420,22 @@ def test_generated_text_stays_small_on_a_fifty_module_package(git_repo: GitRepo)
     generated = sum(len(text[s.body_start : s.body_end]) for s in parse_sections(text))
     assert generated / 4 <= 1500
     assert "more" not in section(text, "layout")
+
+
+def test_nox_sessions_are_parsed_never_run_and_python_variants_are_real(
+    git_repo: GitRepo,
+) -> None:
+    root = git_repo(
+        {
+            "pyproject.toml": '[project]\nname = "n"\n',
+            "noxfile.py": "import nox\nraise SystemExit('never run')\n"
+            "@nox.session(python=['3.11', '3.12'])\ndef tests(s): ...\n"
+            "@nox.session(name='lint')\ndef _lint(s): ...\n",
+        }
+    )
+    text, _ = init(root)
+    assert "- nox sessions (`noxfile.py`): tests, lint" in text
+    agents = root / "AGENTS.md"
+    agents.write_text(text + "\n`nox -s tests-3.12`, `nox -s lint`, `nox -s docs`\n")
+    found = problems(root)
+    assert len(found) == 1 and found[0].endswith("`nox -s docs`: no nox session docs in noxfile.py")

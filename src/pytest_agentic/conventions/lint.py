@@ -384,7 +384,8 @@ def check_command(ctx: Context, command: str, strict: bool) -> str | None:
         if "noxfile.py" not in ctx.files:
             return f"`{command}`: no noxfile.py"
         for name in _option_values(args, ("-s", "--session", "--sessions", "-e")):
-            if name not in facts.nox_sessions:
+            # nox names a parametrized session `tests-3.12` (one per `python=` version).
+            if name not in facts.nox_sessions and name.rsplit("-", 1)[0] not in facts.nox_sessions:
                 return f"`{command}`: no nox session {name} in noxfile.py"
         return None
     if word == "make":
