@@ -762,7 +762,7 @@ def _runs(command: str) -> str | None:
     words = command.replace("{envpython}", "python").split()
     if "pytest" in words or "py.test" in words:
         return "pytest"
-    if "unittest" in words or "unittest" in command.split("-m", 1)[-1].split()[:1]:
+    if "unittest" in words or "-munittest" in words:
         return "unittest"
     return None
 
@@ -860,31 +860,19 @@ GUIDE_FILES = (
     "CONTRIBUTING.rst",
     ".github/CONTRIBUTING.md",
     "docs/CONTRIBUTING.md",
-    "AI_POLICY.md",
-    ".github/AI_POLICY.md",
-    "AI_USAGE.md",
-    ".github/AI_USAGE.md",
-    "docs/AI_POLICY.md",
 )
 
 
+AI_POLICY_RE = re.compile(r"(^|/)(AI|LLM)[_-]?(POLICY|USAGE|GUIDELINES)\.(md|rst|txt)$", re.I)
+
+
 def find_guides(files: tuple[str, ...]) -> tuple[str, ...]:
-    """CONTRIBUTING and AI-usage policy files: the project's own rules for contributors."""
+    """AI-usage policy files, then CONTRIBUTING files: the project's own rules for
+    contributors. AI policies first: they say whether and how an agent may contribute at all."""
     present = set(files)
-    found = [g for g in GUIDE_FILES if g in present]
-    found += [
-        f
-        for f in files
-        if re.search(
-            r"(^|/)(AI[_-]?(POLICY|USAGE|GUIDELINES)|LLM[_-]?POLICY)\.(md|rst|txt)$", f, re.I
-        )
-        and f not in found
-        and f.count("/") <= 1
-    ]
-    # AI policies first: they say whether and how an agent may contribute at all.
-    return tuple(
-        sorted(found, key=lambda f: ("AI" not in f.upper().rsplit("/", 1)[-1][:3], found.index(f)))
-    )
+    policies = [f for f in files if f.count("/") <= 1 and AI_POLICY_RE.search(f)]
+    contributing = [g for g in GUIDE_FILES if g in present and g not in policies]
+    return (*policies, *contributing)
 
 
 def find_ci_files(files: tuple[str, ...]) -> tuple[str, ...]:

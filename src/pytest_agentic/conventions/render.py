@@ -230,14 +230,12 @@ MAKE_TARGETS_SHOWN = ("test", "tests", "check", "lint", "coverage", "typecheck",
 
 def project_commands(facts: RepoFacts) -> list[str]:
     """`make` targets the project defines for tests and checks, with what they run."""
-    recipes = dict(facts.make_recipes)
-    ci = " ".join(facts.ci_commands)
-    out = []
-    for target, _ in facts.make_recipes:
-        if target in MAKE_TARGETS_SHOWN or f"make {target}" in ci:
-            if recipes[target] or target in MAKE_TARGETS_SHOWN:
-                out.append(f"make {target}")
-    return out
+    ci = {c.split()[1] for c in facts.ci_commands if c.startswith("make ") and len(c.split()) > 1}
+    return [
+        f"make {target}"
+        for target, _ in facts.make_recipes
+        if target in MAKE_TARGETS_SHOWN or target in ci
+    ]
 
 
 def guides_line(facts: RepoFacts) -> str | None:
