@@ -96,8 +96,10 @@ def _imported_files(root: Path, tree: ast.Module) -> list[str]:
         base = name.replace(".", "/")
         for prefix in ("", "src/"):
             for candidate in (f"{prefix}{base}.py", f"{prefix}{base}/__init__.py"):
-                if candidate not in found and (root / candidate).is_file():
-                    found.append(candidate)
+                # Resolved: a symlink out of the root is never read.
+                rel = _rel_inside(root, candidate)
+                if rel is not None and rel not in found and (root / rel).is_file():
+                    found.append(rel)
     return found
 
 
