@@ -328,3 +328,12 @@ def test_the_agent_gets_the_buggy_function_and_fixes_it(
     assert "def f_0()" not in text
     assert "Already shown above: pkg/long.py:700-704 scaled_total()" in text
     assert "view_range" in request["system"][0]["text"]
+
+
+def test_absurdly_deep_code_falls_back_without_crashing(tmp_path: Path) -> None:
+    # Parses, but following the attribute chain recurses past Python's limit.
+    chain = "g" + ".a" * 1500
+    write(tmp_path, "deep.py", f"def g(y):\n    return y\n\n\ndef f(x):\n    return {chain}\n")
+    write(tmp_path, "test_deep.py", "from deep import f\n\n\ndef test_d():\n    f(1)\n")
+    text = prompt(tmp_path, "test_deep.py", "test_d")
+    assert "Imported by the test: deep.py" in text

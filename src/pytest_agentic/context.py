@@ -51,8 +51,8 @@ def _excerpt(lines: list[str], first: int, last: int) -> str:
 def _parse(lines: list[str]) -> ast.Module | None:
     try:
         return ast.parse("\n".join(lines))
-    except (SyntaxError, ValueError):
-        return None
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None  # not Python we can read (or nested past the parser's limit): skipped
 
 
 def _test_function(tree: ast.Module | None, lineno: int) -> ast.FunctionDef | None:
@@ -572,11 +572,11 @@ def first_message(
             parts.append(f"Source around {rel}:{lineno}:\n```python\n{excerpt}\n```")
         reached: list[Definition] = []
         if test_rel and failure.lineno is not None and tree is not None:
-            reached = [
-                d
-                for d in reached_definitions(root, test_rel, failure.lineno)
-                if not any(s.contains(d) for s in shown_defs)
-            ]
+            try:
+                found = reached_definitions(root, test_rel, failure.lineno)
+            except RecursionError:
+                found = []  # absurdly deep code: the module tops below are the fallback
+            reached = [d for d in found if not any(s.contains(d) for s in shown_defs)]
         if reached:
             texts: dict[Definition, str] = {}
             for d in reached:
