@@ -285,7 +285,7 @@ class _Resolver:
             if isinstance(node, _DEFS) and node.name == name:
                 return _DefRef(ref.module, node, owner=cls)
         for base in cls.bases:
-            found = Scope(self, ref.module).expr(base)
+            found = _Scope(self, ref.module).expr(base)
             if isinstance(found, _DefRef) and found.node is not cls:
                 member = self.member(found, name, hops + 1)
                 if member is not None:
@@ -293,7 +293,7 @@ class _Resolver:
         return None
 
 
-class Scope:
+class _Scope:
     """Names visible inside one function: its module's globals, plus locals we can type."""
 
     def __init__(
@@ -402,9 +402,9 @@ def _fixture_functions(
     return found
 
 
-def _fixture_value(scope: Scope, fixture: ast.AST) -> _Ref | None:
+def _fixture_value(scope: _Scope, fixture: ast.AST) -> _Ref | None:
     """A fixture that returns or yields `Calc(...)` gives the test an instance of Calc."""
-    local = Scope(scope.resolver, scope.module)
+    local = _Scope(scope.resolver, scope.module)
     local.learn_locals(fixture)
     for node in ast.walk(fixture):
         if isinstance(node, (ast.Return, ast.Yield)) and node.value is not None:
@@ -464,7 +464,7 @@ def reached_definitions(root: Path, test_rel: str, lineno: int) -> list[Definiti
         if depth == 0 and not isinstance(ref.node, ast.ClassDef):
             functions.append((ref, depth))
 
-    def visit(scope: Scope, node: ast.AST, depth: int) -> None:
+    def visit(scope: _Scope, node: ast.AST, depth: int) -> None:
         scope.learn_locals(node)
         for reference in _references(node):
             ref = scope.expr(reference)
@@ -472,9 +472,9 @@ def reached_definitions(root: Path, test_rel: str, lineno: int) -> list[Definiti
             if isinstance(ref, _DefRef) and isinstance(ref.node, ast.ClassDef):
                 add(resolver.member(ref, "__init__"), depth)  # `Calc()` runs __init__
 
-    test_scope = Scope(resolver, test_module)
+    test_scope = _Scope(resolver, test_module)
     for module, fixture in _fixture_functions(resolver, test_module, test):
-        scope = Scope(resolver, module)
+        scope = _Scope(resolver, module)
         visit(scope, fixture, 0)
         value = _fixture_value(scope, fixture)
         if value is not None:
@@ -487,7 +487,7 @@ def reached_definitions(root: Path, test_rel: str, lineno: int) -> list[Definiti
         if ref.owner is not None:
             owner = _DefRef(ref.module, ref.owner)
             local = {"self": _Instance(owner), "cls": owner}
-        visit(Scope(resolver, ref.module, local), ref.node, 1)
+        visit(_Scope(resolver, ref.module, local), ref.node, 1)
     return list(found.values())
 
 
