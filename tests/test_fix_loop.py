@@ -98,8 +98,10 @@ def test_fixed_first_time(
     prompt = first.body["messages"][0]["content"][0]["text"]
     assert "- tests/test_calc.py::test_add" in prompt
     assert "assert add(2, 3) == 5" in prompt
-    assert "Imported by the test: calc.py" in prompt
+    # The definition the test calls, whole with its lines; not the module's other functions.
+    assert "calc.py:1-2 add()" in prompt
     assert "return a - b" in prompt  # the code under test
+    assert "def mul" not in prompt
     assert "test_mul" not in prompt.split("Test source")[0]
     # The tool result went back as its own block, answering the tool_use id.
     (result_block,) = fake_anthropic.requests[1].tool_results()

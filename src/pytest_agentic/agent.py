@@ -53,6 +53,9 @@ SYSTEM = """\
 You fix failing Python tests by changing the code under test, inside a real repository.
 - Use str_replace_based_edit_tool to view and edit files. Paths are relative to the \
 repository root.
+- The first message already shows, whole and with line numbers, the code the failing test \
+reaches; it ends with a list of what was shown. Do not view those again. To read more, view \
+only the lines you need with view_range (or use search, when you have that tool), not whole files.
 - Test files are read-only to you: fix the code, never the tests, their assertions, or \
 their skips. Some paths are outside what you may change; an edit there comes back as an \
 error saying why. Do not try to work around it.

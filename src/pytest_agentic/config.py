@@ -59,6 +59,7 @@ KEYS: dict[str, tuple[str, Any]] = {
     "report": ("str?", None),
     "rerun_timeout": ("int", 300),
     "api_timeout": ("int", 600),
+    "context_max_chars": ("int", 24000),
     # convention files
     "templates_dir": ("str?", None),
     "knowledge_dir": ("str", "docs/knowledge"),

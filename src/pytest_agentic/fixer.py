@@ -2,12 +2,11 @@
 
 Registered by `plugin.py` only with `--agent-fix` and only in the controller process (under
 pytest-xdist the workers just run tests; their reports reach the controller). Importing this
-module imports `anthropic` lazily, when the first failure is dispatched.
+module imports `anthropic` lazily: in a thread, while the failures' confirmation re-run runs.
 """
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import os
 import signal
@@ -22,6 +21,7 @@ from typing import Any
 import pytest
 
 from pytest_agentic.agent import Conversation, Toolbox, Usage, converse
+from pytest_agentic.context import first_message
 from pytest_agentic.report import (
     Outcome,
     RunReport,
@@ -34,10 +34,6 @@ from pytest_agentic.runner import RerunSettings, RunResult, run_tests
 from pytest_agentic.scope import PathPolicy
 from pytest_agentic.tasks import Task
 from pytest_agentic.workspace import Journal
-
-CONTEXT_LINES = 12
-MAX_FRAMES = 6
-MAX_IMPORTED_LINES = 300
 
 
 @dataclass(frozen=True)
@@ -55,6 +51,7 @@ class Settings:
     task: Task | None
     api_timeout: float
     max_retries: int = 2
+    context_max_chars: int = 24_000
 
 
 @dataclass(frozen=True)
@@ -169,6 +166,7 @@ class FixSession:
         try:
             if failures:
                 report.run_dir = new_run_dir(self.root)
+                early = EarlyClient(settings)  # the SDK import overlaps the confirm re-run
                 self._confirm(progress)
                 pending = [p for p in progress.values() if p.outcome == "not_fixed"]
                 client = None
@@ -181,13 +179,12 @@ class FixSession:
                             item.outcome, item.reason = "fixed", "fixed by an earlier fix"
                             continue
                         if client is None:
-                            client = _make_client(settings)
+                            client = early.get()
                         self._fix(client, index, item, report.run_dir)
                         if item.outcome == "fixed":
                             kept.append(item)
                 finally:
-                    if client is not None:
-                        client.close()
+                    early.close()
                 self._verify(progress, kept)
         except KeyboardInterrupt:
             report.interrupted = True
@@ -244,7 +241,9 @@ class FixSession:
         policy = PathPolicy(
             self.root, task=settings.task, protected=settings.protected, for_agent=True
         )
-        context = first_message(self.root, [item.failure], settings.task)
+        context = first_message(
+            self.root, [item.failure], settings.task, max_chars=settings.context_max_chars
+        )
         feedback = ""
 
         def rerun() -> str:
@@ -363,125 +362,33 @@ def _make_client(settings: Settings) -> Any:
     return anthropic.Anthropic(max_retries=settings.max_retries, timeout=settings.api_timeout)
 
 
-# --- the first message ------------------------------------------------------------------------
+class EarlyClient:
+    """The SDK client, built in a thread started before the confirmation re-run: importing
+    `anthropic` and building the client take ~1 s, which then overlaps the re-run's subprocess
+    instead of following it (issue 13). `get()` waits for it; `close()` closes it, used or not.
+    """
 
-
-def _read(root: Path, rel: str) -> list[str] | None:
-    try:
-        return (root / rel).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError):
-        return None
-
-
-def _excerpt(lines: list[str], first: int, last: int) -> str:
-    first, last = max(1, first), min(len(lines), last)
-    return "\n".join(f"{n:5} {lines[n - 1]}" for n in range(first, last + 1))
-
-
-def _parse(lines: list[str]) -> ast.Module | None:
-    try:
-        return ast.parse("\n".join(lines))
-    except SyntaxError:
-        return None
-
-
-def _test_source(path: str, lineno: int, lines: list[str], tree: ast.Module | None) -> str:
-    end = lineno + 30
-    for node in ast.walk(tree) if tree is not None else ():
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and (
-            node.lineno <= lineno <= (node.end_lineno or node.lineno)
-            or any(d.lineno == lineno for d in node.decorator_list)
-        ):
-            end = node.end_lineno or end
-            break
-    return f"{path}\n{_excerpt(lines, lineno, end)}"
-
-
-def _rel_inside(root: Path, path: str) -> str | None:
-    full = Path(path) if os.path.isabs(path) else root / path
-    try:
-        rel = full.resolve().relative_to(root.resolve()).as_posix()
-    except (ValueError, OSError):
-        return None
-    if "site-packages" in rel or rel.startswith((".venv/", "venv/")):
-        return None
-    return rel
-
-
-def _imported_files(root: Path, tree: ast.Module) -> list[str]:
-    """Project files the test module imports (`from calc import add` -> calc.py): the code
-    under test, even when it returned a wrong value instead of raising inside a frame."""
-    names: list[str] = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names += [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            names.append(node.module)
-            names += [f"{node.module}.{alias.name}" for alias in node.names]
-    found: list[str] = []
-    for name in names:
-        base = name.replace(".", "/")
-        for prefix in ("", "src/"):
-            for candidate in (f"{prefix}{base}.py", f"{prefix}{base}/__init__.py"):
-                if candidate not in found and (root / candidate).is_file():
-                    found.append(candidate)
-    return found
-
-
-def first_message(
-    root: Path, failures: Sequence[Failure], task: Task | None
-) -> list[dict[str, Any]]:
-    """The stable context of every attempt: identical bytes across attempts, so it caches."""
-    from pytest_agentic.conventions import context_for
-
-    parts = ["Fix the code so that these failing tests pass (pytest node ids):"]
-    parts += [f"- {f.nodeid}" for f in failures]
-    frame_files: list[str] = []
-    for failure in failures:
-        parts.append(
-            f"\n## {failure.nodeid} ({'setup error' if failure.when == 'setup' else 'failure'})"
+    def __init__(self, settings: Settings) -> None:
+        self._client: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._build, args=(settings,), name="agentic-client", daemon=True
         )
-        parts.append("Failure report:\n```\n" + failure.report.strip()[-6000:] + "\n```")
-        test_lines = _read(root, failure.path) if failure.path else None
-        tree = _parse(test_lines) if test_lines is not None else None
-        if failure.path and failure.lineno is not None and test_lines is not None:
-            source = _test_source(failure.path, failure.lineno, test_lines, tree)
-            parts.append("Test source (read-only to you):\n```python\n" + source + "\n```")
-        shown = 0
-        for path, lineno in reversed(failure.frames):
-            rel = _rel_inside(root, path)
-            if rel is None or (failure.path and rel == failure.path) or shown >= MAX_FRAMES:
-                continue
-            lines = _read(root, rel)
-            if lines is None:
-                continue
-            frame_files.append(rel)
-            shown += 1
-            excerpt = _excerpt(lines, lineno - CONTEXT_LINES, lineno + CONTEXT_LINES)
-            parts.append(f"Source around {rel}:{lineno}:\n```python\n{excerpt}\n```")
-        if tree is not None:
-            for rel in _imported_files(root, tree)[:MAX_FRAMES]:
-                lines = _read(root, rel)
-                if rel in frame_files or not lines:
-                    continue
-                frame_files.append(rel)
-                more = (
-                    f"\n[... {len(lines) - MAX_IMPORTED_LINES} more lines]"
-                    if (len(lines) > MAX_IMPORTED_LINES)
-                    else ""
-                )
-                parts.append(
-                    f"Imported by the test: {rel}\n```python\n"
-                    f"{_excerpt(lines, 1, MAX_IMPORTED_LINES)}{more}\n```"
-                )
-    if task is not None:
-        goal = task.goal or task.title
-        parts.append(
-            f"\n## Active task {task.id!r}\n{goal}\nYou may change only files matching: "
-            + ", ".join(task.scope)
-        )
-    # AGENTS.md plus the knowledge files whose `paths` globs cover the files shown.
-    conventions = context_for(root, sorted(set(frame_files)))
-    if conventions.strip():
-        parts.append("\n## Repository conventions\n" + conventions)
-    return [{"type": "text", "text": "\n".join(parts), "cache_control": {"type": "ephemeral"}}]
+        self._thread.start()
+
+    def _build(self, settings: Settings) -> None:
+        try:
+            self._client = _make_client(settings)
+        except BaseException as exc:  # re-raised in the caller's thread by get()
+            self._error = exc
+
+    def get(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._client
+
+    def close(self) -> None:
+        self._thread.join()
+        if self._client is not None:
+            self._client.close()

@@ -150,4 +150,5 @@ def resolve_settings(config: pytest.Config) -> Any:
         protected=tuple(settings_file.protected),
         task=task,
         api_timeout=float(settings_file["api_timeout"]),
+        context_max_chars=int(settings_file["context_max_chars"]),
     )
