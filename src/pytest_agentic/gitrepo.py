@@ -4,6 +4,13 @@ Paths are always exchanged NUL-separated (`-z`), so spaces and non-ASCII names c
 unquoted. The environment is inherited on purpose: inside a pre-commit hook git sets
 `GIT_INDEX_FILE` (for `git commit -a` or a partial commit) and that index is the one being
 committed.
+
+Everything the scope check reads comes from git objects (issue 14): revisions are resolved to
+commit ids before use (so `--base=-x` cannot inject an option), paths are literal pathspecs,
+files are read by blob id with a size cap, and a tree entry's mode says whether it is a
+symlink (120000) or a gitlink (160000) — the working tree is never consulted. Diffs pass
+`--ignore-submodules=none` so a committed `.gitmodules` with `ignore = all` cannot hide a
+gitlink bump, and `--no-relative` so a `diff.relative` setting cannot hide paths.
 """
 
 from __future__ import annotations
@@ -15,6 +22,18 @@ from pathlib import Path
 from pytest_agentic.errors import AgenticError
 
 EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
+SYMLINK_MODE = "120000"
+GITLINK_MODE = "160000"
+#: The most the scope check reads of one committed file (a task spec, a pyproject.toml).
+MAX_BLOB_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One path in a tree or the index: its mode, object id and size (None for the index)."""
+
+    mode: str
+    oid: str
 
 
 @dataclass(frozen=True)
@@ -28,7 +47,9 @@ class Change:
 
 def git(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
     try:
-        proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, check=False)
+        proc = subprocess.run(
+            ["git", "--literal-pathspecs", *args], cwd=cwd, capture_output=True, check=False
+        )
     except FileNotFoundError:
         raise AgenticError("git: not found on PATH; install git") from None
     if check and proc.returncode != 0:
@@ -46,10 +67,58 @@ def toplevel(cwd: Path) -> Path:
 
 
 def rev_exists(cwd: Path, rev: str) -> bool:
-    return (
-        git(cwd, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}", check=False).returncode
-        == 0
+    return resolve_commit(cwd, rev) is not None
+
+
+def resolve_commit(cwd: Path, rev: str) -> str | None:
+    """The commit id `rev` names, or None. `--end-of-options`: a rev is never an option."""
+    proc = git(
+        cwd,
+        "rev-parse",
+        "--verify",
+        "--quiet",
+        "--end-of-options",
+        f"{rev}^{{commit}}",
+        check=False,
     )
+    if proc.returncode != 0:
+        return None
+    return proc.stdout.decode("ascii", "replace").strip() or None
+
+
+def commits_between(cwd: Path, base: str, head: str) -> list[tuple[str, tuple[str, ...]]]:
+    """Commits reachable from `head` but not `base` (`base..head`), oldest first, each with
+    its parents (first parent first)."""
+    ids = []
+    for rev in (base, head):
+        sha = resolve_commit(cwd, rev)
+        if sha is None:
+            raise AgenticError(f"git: unknown revision {rev!r}; fetch it or name another")
+        ids.append(sha)
+    out = git(cwd, "rev-list", "--reverse", "--topo-order", "--parents", f"^{ids[0]}", ids[1])
+    commits = []
+    for line in out.stdout.decode("ascii", "replace").splitlines():
+        sha, *parents = line.split()
+        commits.append((sha, tuple(parents)))
+    return commits
+
+
+def merge_heads(cwd: Path) -> list[str]:
+    """The other parents of the commit being made when a merge is in progress."""
+    proc = git(cwd, "rev-parse", "--git-path", "MERGE_HEAD", check=False)
+    if proc.returncode != 0:
+        return []
+    path = cwd / proc.stdout.decode("utf-8", "surrogateescape").strip()  # cwd-relative
+    try:
+        text = path.read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return []
+    return [sha for line in text.splitlines() if (sha := resolve_commit(cwd, line.strip()))]
+
+
+def subject(cwd: Path, sha: str) -> str:
+    proc = git(cwd, "log", "-1", "--format=%s", sha, "--", check=False)
+    return proc.stdout.decode("utf-8", "replace").strip()
 
 
 def parse_name_status(raw: bytes) -> list[Change]:
@@ -70,31 +139,63 @@ def parse_name_status(raw: bytes) -> list[Change]:
     return changes
 
 
-_DIFF = ("diff", "--name-status", "-z", "--no-ext-diff", "--no-textconv", "-M", "-C")
+_DIFF = (
+    "diff",
+    "--name-status",
+    "-z",
+    "--no-ext-diff",
+    "--no-textconv",
+    "--ignore-submodules=none",
+    "--no-relative",
+    "-M",
+    "-C",
+)
 
 
-def staged_changes(cwd: Path) -> list[Change]:
-    """What the index changes relative to HEAD (everything, in a repo with no commits)."""
-    base = "HEAD" if rev_exists(cwd, "HEAD") else EMPTY_TREE
+def staged_changes(cwd: Path, base: str | None = None) -> list[Change]:
+    """What the index changes relative to `base` (default HEAD; everything, in a repo with no
+    commits)."""
+    if base is None:
+        base = resolve_commit(cwd, "HEAD") or EMPTY_TREE
     return parse_name_status(git(cwd, *_DIFF, "--cached", base, "--").stdout)
 
 
-def range_changes(cwd: Path, base: str, head: str = "HEAD") -> list[Change]:
-    """What `head` changes since its merge base with `base` (`git diff base...head`)."""
-    for rev in (base, head):
-        if not rev_exists(cwd, rev):
-            raise AgenticError(f"git: unknown revision {rev!r}; fetch it or name another")
-    return parse_name_status(git(cwd, *_DIFF, f"{base}...{head}", "--").stdout)
+def commit_changes(cwd: Path, parent: str | None, commit: str) -> list[Change]:
+    """What `commit` changes relative to `parent` (everything, for a root commit)."""
+    return parse_name_status(git(cwd, *_DIFF, parent or EMPTY_TREE, commit, "--").stdout)
 
 
-def show(cwd: Path, rev: str | None, path: str) -> str | None:
-    """`path` (top-level relative) as stored at `rev`, or in the index when rev is None;
-    None when it is not there."""
-    spec = f":{path}" if rev is None else f"{rev}:{path}"
-    proc = git(cwd, "show", spec, check=False)
-    if proc.returncode != 0:
-        return None
-    return proc.stdout.decode("utf-8", "replace")
+def entries(cwd: Path, rev: str | None, paths: list[str]) -> dict[str, Entry]:
+    """Tree entries (files, symlinks, gitlinks, folders) at exactly `paths` in `rev`, or in
+    the index when `rev` is None (which lists no folders)."""
+    if not paths:
+        return {}
+    if rev is None:
+        raw = git(cwd, "ls-files", "-s", "-z", "--full-name", "--", *paths).stdout
+    else:
+        raw = git(cwd, "ls-tree", "-z", "--full-tree", rev, "--", *paths).stdout
+    found: dict[str, Entry] = {}
+    wanted = set(paths)
+    for record in raw.decode("utf-8", "surrogateescape").split("\0"):
+        if not record:
+            continue
+        meta, _, path = record.partition("\t")
+        fields = meta.split()
+        if path in wanted and len(fields) >= 3:
+            # ls-files: mode oid stage; ls-tree: mode type oid
+            oid = fields[1] if rev is None else fields[2]
+            if rev is None and fields[2] != "0":
+                continue  # an unmerged entry: git refuses the commit anyway
+            found[path] = Entry(fields[0], oid)
+    return found
+
+
+def read_blob(cwd: Path, oid: str, where: str, limit: int = MAX_BLOB_BYTES) -> bytes:
+    """A blob's bytes; larger than `limit` is a user error naming `where`."""
+    size = git(cwd, "cat-file", "-s", oid).stdout.decode("ascii", "replace").strip()
+    if not size.isdigit() or int(size) > limit:
+        raise AgenticError(f"{where}: larger than {limit:,} bytes; not read")
+    return git(cwd, "cat-file", "blob", oid).stdout
 
 
 def tracked_files(cwd: Path) -> list[str]:

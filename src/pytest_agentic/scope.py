@@ -47,6 +47,7 @@ class PathPolicy:
         protected: Sequence[str] = (),
         for_agent: bool = False,
         tasks_dir: str = ".agentic/tasks",
+        lexical: bool = False,
     ) -> None:
         self.root = Path(os.path.abspath(root))
         self.real_root = self.root.resolve()
@@ -56,6 +57,9 @@ class PathPolicy:
         self._resolved: dict[str, str | None] = {}
         self.task = task
         self.for_agent = for_agent
+        # lexical: judge paths as git records them, without looking at the working tree
+        # (the scope check judges commits whose tree is not checked out; issue 14).
+        self.lexical = lexical and not for_agent
         self.tasks_dir = PurePosixPath(tasks_dir)
         self._protected: Any = compile_scope(protected, "protected") if protected else None
         self._scope: Any = (
@@ -87,7 +91,11 @@ class PathPolicy:
         parts = rel.split("/")
         if ".git" in parts:
             return Refusal(rel, "inside .git; git's own files are never written")
-        escape = self._symlink_escape(rel if self.for_agent else posixpath.dirname(rel))
+        escape = (
+            None
+            if self.lexical
+            else self._symlink_escape(rel if self.for_agent else posixpath.dirname(rel))
+        )
         if escape:
             return Refusal(rel, escape)
         if self.for_agent:

@@ -13,11 +13,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pytest_agentic.atomic import write_atomic
 from pytest_agentic.config import Config, load_config
 from pytest_agentic.conventions.introspect import introspect
 from pytest_agentic.conventions.render import FileChange, plan_scaffold
 from pytest_agentic.errors import AgenticError, run_main
+from pytest_agentic.safeio import MAX_TEXT_BYTES, read_bytes_bounded, write_project_files
 
 GITIGNORE_LINES = (".agentic/runs/", ".agentic/active")
 HOOK_IDS = ("agentic-scope", "agentic-scaffold", "agentic-conventions")
@@ -74,6 +74,8 @@ def plan_precommit_config(old: str | None, where: str = ".pre-commit-config.yaml
         return "repos:\n" + HOOKS_BLOCK
     try:
         data = yaml.safe_load(old)
+    except RecursionError:
+        raise AgenticError(f"{where}: not valid YAML: nested too deeply") from None
     except yaml.YAMLError as exc:
         raise AgenticError(f"{where}: not valid YAML: {exc}".splitlines()[0]) from None
     if not isinstance(data, dict):
@@ -130,10 +132,12 @@ def plan_precommit_config(old: str | None, where: str = ".pre-commit-config.yaml
 
 def _read(path: Path) -> str | None:
     try:
-        return path.read_text(encoding="utf-8")
+        data = read_bytes_bounded(path, MAX_TEXT_BYTES, str(path))  # never a FIFO or device
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError) as exc:
+    try:
+        return data.decode("utf-8").replace("\r\n", "\n")
+    except UnicodeDecodeError as exc:
         raise AgenticError(f"{path}: cannot read: {exc}") from None
 
 
@@ -154,8 +158,8 @@ def plan_init(config: Config) -> list[FileChange]:
 
 
 def apply_changes(root: Path, changes: Sequence[FileChange]) -> None:
-    for change in changes:
-        write_atomic(root / change.path, change.new)
+    # All checked first (inside the root, no symlink, writable), then written atomically.
+    write_project_files(root, [(change.path, change.new) for change in changes])
 
 
 def diff(changes: Sequence[FileChange]) -> str:
