@@ -15,6 +15,7 @@ gitlink bump, and `--no-relative` so a `diff.relative` setting cannot hide paths
 
 from __future__ import annotations
 
+import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +115,31 @@ def merge_heads(cwd: Path) -> list[str]:
     except OSError:
         return []
     return [sha for line in text.splitlines() if (sha := resolve_commit(cwd, line.strip()))]
+
+
+def amending() -> bool:
+    """Whether this process runs under `git commit --amend` (best effort, Linux /proc).
+
+    A pre-commit hook is not told that the commit replaces HEAD; without this, widening a
+    scope in one commit and `--amend`ing the use into it would be judged against the widened
+    HEAD. Pre-push and CI judge the amended commit against its real parent either way.
+    """
+    pid = os.getppid()
+    for _ in range(12):  # git -> hook script -> pre-commit -> hook: a few levels up
+        if pid <= 1:
+            return False
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            status = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+        except OSError:
+            return False
+        words = [a.decode("utf-8", "replace") for a in args if a]
+        if words and os.path.basename(words[0]) == "git" and "commit" in words[1:]:
+            tail = words[words.index("commit") + 1 :]
+            return "--amend" in tail or any(w.startswith("--fixup=amend:") for w in tail)
+        # /proc/PID/stat: "pid (comm) state ppid ..."; comm may hold spaces or parentheses.
+        pid = int(status.rsplit(")", 1)[1].split()[1])
+    return False
 
 
 def subject(cwd: Path, sha: str) -> str:

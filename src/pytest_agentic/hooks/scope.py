@@ -114,13 +114,13 @@ def _rev_name(rev: str | None) -> str:
     return "the index" if rev is INDEX else str(rev)
 
 
-def _read_at(top: Path, rev: str | None, rel: str) -> bytes | None:
+def _read_at(top: Path, rev: str | None, rel: str, name: str = "") -> bytes | None:
     """A regular file's bytes at `rev` (INDEX: the index), read lexically: a symlink or
     gitlink on the way (any leading folder or the file itself) is a user error."""
     parts = rel.split("/")
     prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
     found = gitrepo.entries(top, rev, prefixes)
-    shown = f"{rel} (as of {_rev_name(rev)})"
+    shown = f"{rel} (as of {name or _rev_name(rev)})"
     for prefix in prefixes:
         entry = found.get(prefix)
         if entry is None:
@@ -139,14 +139,14 @@ def _read_at(top: Path, rev: str | None, rel: str) -> bytes | None:
     return gitrepo.read_blob(top, entry.oid, shown)
 
 
-def _settings_at(top: Path, root_rel: str, rev: str | None) -> Config:
+def _settings_at(top: Path, root_rel: str, rev: str | None, name: str = "") -> Config:
     """The settings as committed at `rev` (defaults when it has no pyproject.toml there)."""
     rel = _join(root_rel, "pyproject.toml")
-    data = _read_at(top, rev, rel)
+    data = _read_at(top, rev, rel, name)
     root = top / root_rel if root_rel else top
     if data is None:
         return Config(root=root, path=None)
-    shown = f"{rel} (as of {_rev_name(rev)})"
+    shown = f"{rel} (as of {name or _rev_name(rev)})"
     text = data.decode("utf-8", "surrogateescape")
     return Config(root=root, path=top / rel, values=settings_from_text(text, top / rel, shown))
 
@@ -166,17 +166,9 @@ def _load_task(
 ) -> tuple[Task, str, Task | None]:
     """The task as of the step's base (or, when the step creates it, as the step has it),
     where it was read, and the step's own version of it (None when absent)."""
-    if staged:
-        link = _worktree_symlink(top, task_rel)
-        if link is not None:
-            what = "is a symlink" if link == task_rel else f"is reached through the symlink {link}"
-            raise AgenticError(
-                f"{task_rel}: {what} in the working tree; the scope check reads task specs "
-                "only from regular files: replace the link with the file"
-            )
 
     def parse(rev: str | None) -> Task | None:
-        data = _read_at(top, rev, task_rel)
+        data = _read_at(top, rev, task_rel, step.base_name if rev == step.base else "")
         if data is None:
             return None
         try:
@@ -187,6 +179,14 @@ def _load_task(
 
     base_task = parse(step.base) if step.base is not None else None
     new_task = parse(step.new)
+    if staged:
+        link = _worktree_symlink(top, task_rel)
+        if link is not None:
+            what = "is a symlink" if link == task_rel else f"is reached through the symlink {link}"
+            raise AgenticError(
+                f"{task_rel}: {what} in the working tree; the scope check reads task specs "
+                "only from regular files: replace the link with the file"
+            )
     if base_task is not None:
         return base_task, step.base_name or _rev_name(step.base), new_task
     if new_task is not None:
@@ -201,11 +201,15 @@ def _load_task(
 
 def _staged_step(top: Path) -> Step:
     head = gitrepo.resolve_commit(top, "HEAD")
-    changes = gitrepo.staged_changes(top, head)
+    name = "HEAD"
+    if head is not None and gitrepo.amending():
+        # `commit --amend` replaces HEAD: its parent is the base, as pre-push and CI see it.
+        head, name = gitrepo.resolve_commit(top, "HEAD^"), "HEAD^ (amending HEAD)"
+    changes = gitrepo.staged_changes(top, head or gitrepo.EMPTY_TREE)
     others = gitrepo.merge_heads(top) if head else []
     if others:
         changes = _merge_additions(top, changes, [gitrepo.staged_changes(top, o) for o in others])
-    return Step(tuple(changes), head, INDEX, "", "HEAD")
+    return Step(tuple(changes), head, INDEX, "", name)
 
 
 def _merge_additions(
@@ -260,10 +264,11 @@ def check_scope(
     for step in steps:
         # The settings of the base (HEAD, or the commit's parent); a repository's first
         # commit has no base, so its own settings count.
-        settings = _settings_at(top, root_rel, step.base if step.base is not None else step.new)
         source = (
             (step.base_name or str(step.base)) if step.base is not None else _rev_name(step.new)
         )
+        rev = step.base if step.base is not None else step.new
+        settings = _settings_at(top, root_rel, rev, source)
         if task_id is None:
             if settings.require_task and (step.changes or staged):
                 where = f"{_join(root_rel, 'pyproject.toml')} (as of {source})"
