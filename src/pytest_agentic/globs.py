@@ -37,8 +37,21 @@ class _Segment:
     pieces: tuple[re.Pattern[str], ...]
     widths: tuple[int, ...]
     starred: bool  # at least one `*`: the first piece is a prefix, the last a suffix
+    # Fast paths (string operations, no regex): the segment is this exact name, or a single
+    # `*` between a literal prefix and suffix.
+    literal: str | None = None
+    affixes: tuple[str, str] | None = None
 
     def matches(self, name: str) -> bool:
+        if self.literal is not None:
+            return name == self.literal
+        if self.affixes is not None:
+            prefix, suffix = self.affixes
+            return (
+                len(name) >= len(prefix) + len(suffix)
+                and name.startswith(prefix)
+                and name.endswith(suffix)
+            )
         if not self.starred:
             return self.pieces[0].fullmatch(name) is not None
         first, *middle, last = self.pieces
@@ -60,6 +73,7 @@ def _segment(glob: str, whole: str) -> _Segment | None:
         return _Segment((re.compile(r"[^/]"), re.compile(""), re.compile("")), (1, 0, 0), True)
     pieces: list[str] = [""]
     widths: list[int] = [0]
+    literals: list[str | None] = [""]  # each piece's plain text, None once it has ? or [...]
     i, end = 0, len(glob)
     while i < end:
         char = glob[i]
@@ -69,13 +83,16 @@ def _segment(glob: str, whole: str) -> _Segment | None:
                 raise GlobError(f"{whole!r}: a backslash at the end escapes nothing")
             pieces[-1] += re.escape(glob[i])
             widths[-1] += 1
+            literals[-1] = None if literals[-1] is None else literals[-1] + glob[i]
             i += 1
         elif char == "*":
             pieces.append("")
             widths.append(0)
+            literals.append("")
         elif char == "?":
             pieces[-1] += "[^/]"
             widths[-1] += 1
+            literals[-1] = None
         elif char == "[":
             j = i
             if j < end and glob[j] in "!^":
@@ -93,15 +110,21 @@ def _segment(glob: str, whole: str) -> _Segment | None:
             body = body.replace("\\", "\\\\")
             pieces[-1] += f"(?:(?!/)[{'^' if negate else ''}{body}])"
             widths[-1] += 1
+            literals[-1] = None
             i = j + 1
         else:
             pieces[-1] += re.escape(char)
             widths[-1] += 1
+            literals[-1] = None if literals[-1] is None else literals[-1] + char
     try:
         compiled = tuple(re.compile(p) for p in pieces)
     except re.error as exc:
         raise GlobError(f"{whole!r}: {exc}") from None
-    return _Segment(compiled, tuple(widths), len(pieces) > 1)
+    literal = literals[0] if len(pieces) == 1 else None
+    affixes = None
+    if len(pieces) == 2 and literals[0] is not None and literals[1] is not None:
+        affixes = (literals[0], literals[1])
+    return _Segment(compiled, tuple(widths), len(pieces) > 1, literal, affixes)
 
 
 @dataclass(frozen=True)
@@ -111,6 +134,11 @@ class _Pattern:
     items: tuple[_Segment | None, ...] = ()  # segments and _GAP markers
     rest: bool = False  # a trailing `**`: the last segment must be a folder
     dir_only: bool = False  # written with a trailing `/`
+    shape: str = ""  # "anchored" (no gap but a trailing one), "any-depth" (`**/x`), "" general
+    # String fast paths for the common anchored globs (`src/app`, `src/app/**`): the whole
+    # literal path, or the literal first folder every match starts with (`"src/"`).
+    lit: str | None = None
+    head: str = ""
 
     def match(self, parts: Sequence[str]) -> int:
         """0 no match, 1 a match through a folder, 2 a direct match (pathspec's priorities)."""
@@ -119,6 +147,25 @@ class _Pattern:
         if self.kind == "nested":
             return 0 if len(parts) < 2 else (1 if self.dir_only else 2)
         n = len(parts)
+        items = self.items
+        if self.shape == "anchored":  # `a/b/c`, `src/**`: one place to try
+            fixed = items[:-1] if self.rest else items
+            if len(fixed) > n:
+                return 0
+            for seg, part in zip(fixed, parts, strict=False):
+                if not seg.matches(part):  # type: ignore[union-attr]
+                    return 0
+            if self.rest:
+                return (1 if self.dir_only else 2) if len(fixed) < n else 0
+            return 2 if len(fixed) == n else 1
+        if self.shape == "any-depth":  # `*.py`, `conftest.py`, `build/`: one segment anywhere
+            seg = items[1]
+            assert seg is not None
+            if not self.rest and seg.matches(parts[-1]):
+                return 2
+            if any(seg.matches(part) for part in parts[:-1]):
+                return (1 if self.dir_only else 2) if self.rest else 1
+            return 0
         states: set[int] = {0}
         for index, item in enumerate(self.items):
             if item is _GAP:
@@ -177,7 +224,21 @@ def _compile(line: str) -> _Pattern | None:
             return None
         items.append(compiled)
     rest = items[-1] is _GAP
-    return _Pattern(include, "segments", tuple(items), rest=rest, dir_only=dir_only)
+    inner = items[1:-1] if rest else items[1:]
+    shape = ""
+    if _GAP not in (items[:-1] if rest else items):
+        shape = "anchored"
+    elif items[0] is _GAP and len(inner) == 1 and inner[0] is not _GAP:
+        shape = "any-depth"
+    lit, head = None, ""
+    if shape == "anchored":
+        fixed = [item for item in items if item is not None]
+        literals = [seg.literal for seg in fixed]
+        if all(text is not None for text in literals):
+            lit = "/".join(text for text in literals if text is not None)
+        elif literals[0] is not None and (len(fixed) > 1 or rest):
+            head = literals[0] + "/"
+    return _Pattern(include, "segments", tuple(items), rest, dir_only, shape, lit, head)
 
 
 class GlobSpec:
@@ -186,17 +247,32 @@ class GlobSpec:
     def __init__(self, lines: Sequence[str]) -> None:
         self.lines = tuple(lines)
         self._patterns = [p for p in map(_compile, self.lines) if p is not None]
+        self._reversed = self._patterns[::-1]
 
     def match_file(self, rel: str) -> bool:
         while rel.startswith("./"):
             rel = rel[2:]
-        parts = rel.lstrip("/").split("/")
-        if not parts or parts == [""]:
+        rel = rel.lstrip("/")
+        if not rel:
             return False
+        parts: list[str] | None = None
         # pathspec's rule: the last direct match decides; failing one, the last folder match.
         folder: bool | None = None
-        for pattern in reversed(self._patterns):
-            priority = pattern.match(parts)
+        for pattern in self._reversed:
+            lit = pattern.lit
+            if lit is not None:  # string operations only: most scopes are such paths
+                if rel == lit:
+                    priority = 0 if pattern.rest else 2
+                elif rel.startswith(lit) and rel[len(lit) : len(lit) + 1] == "/":
+                    priority = (1 if pattern.dir_only else 2) if pattern.rest else 1
+                else:
+                    continue
+            else:
+                if pattern.head and not rel.startswith(pattern.head):
+                    continue
+                if parts is None:
+                    parts = rel.split("/")
+                priority = pattern.match(parts)
             if priority == 2:
                 return pattern.include
             if priority == 1 and folder is None:

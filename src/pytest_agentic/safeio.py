@@ -138,4 +138,4 @@ def write_project_files(root: Path, files: Sequence[tuple[str, str]]) -> None:
         if problem:
             raise AgenticError(f"{rel}: {problem}; nothing was written")
     for rel, text in files:
-        write_atomic(root / rel, text.encode("utf-8", "surrogateescape"))
+        write_atomic(root / rel, text.encode("utf-8", "replace"))

@@ -82,7 +82,10 @@ def newline_of(text: str) -> str:
 
 def escape_markers(text: str) -> str:
     """`text` (generated from code or metadata) with nothing a parser could take for a
-    marker: `<!-- pytest-agentic:` becomes `&lt;!-- pytest-agentic:` (renders the same)."""
+    marker: `<!-- pytest-agentic:` becomes `&lt;!-- pytest-agentic:` (renders the same).
+    A name that is not valid UTF-8 (a file name git reports as bytes) becomes `?`s, so the
+    file written stays UTF-8 (issue 14: UnicodeEncodeError)."""
+    text = text.encode("utf-8", "replace").decode("utf-8")
     return _MARKERISH_RE.sub("&lt;!--", text)
 
 
