@@ -17,7 +17,13 @@ from pytest_agentic.config import Config, load_config
 from pytest_agentic.conventions.introspect import introspect
 from pytest_agentic.conventions.render import FileChange, plan_scaffold
 from pytest_agentic.errors import AgenticError, run_main
-from pytest_agentic.safeio import MAX_TEXT_BYTES, read_bytes_bounded, write_project_files
+from pytest_agentic.safeio import (
+    MAX_TEXT_BYTES,
+    escape,
+    is_symlink,
+    read_bytes_bounded,
+    write_project_files,
+)
 
 GITIGNORE_LINES = (".agentic/runs/", ".agentic/active")
 HOOK_IDS = ("agentic-scope", "agentic-scaffold", "agentic-conventions")
@@ -131,6 +137,9 @@ def plan_precommit_config(old: str | None, where: str = ".pre-commit-config.yaml
 
 
 def _read(path: Path) -> str | None:
+    problem = escape(path.parent, path.name)
+    if problem:  # `.gitignore -> /etc/passwd`: never read (nor written, see plan_init)
+        raise AgenticError(f"{path}: {problem}; not read")
     try:
         data = read_bytes_bounded(path, MAX_TEXT_BYTES, str(path))  # never a FIFO or device
     except FileNotFoundError:
@@ -152,7 +161,7 @@ def plan_init(config: Config) -> list[FileChange]:
         (".gitignore", old_ignore, plan_gitignore(old_ignore)),
         (precommit, old_precommit, new_precommit),
     ):
-        if new != old:
+        if new != old and not is_symlink(config.root / rel):  # a link is the user's: left alone
             changes.append(FileChange(rel, old, new))
     return changes
 
