@@ -433,3 +433,24 @@ def test_markers_module_is_shared_not_circular() -> None:
         """
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_init_leaves_a_symlinked_gitignore_alone_and_never_reads_one_leading_out(
+    project: Path, outside: Path, capsys
+) -> None:
+    from pytest_agentic.conventions.init import init_main
+
+    (project / "shared-ignore").write_text("build/\n")
+    os.symlink("shared-ignore", project / ".gitignore")
+    assert init_main([]) == 0
+    assert "updated .gitignore" not in capsys.readouterr().out
+    assert (project / ".gitignore").is_symlink()
+    assert (project / "shared-ignore").read_text() == "build/\n"
+
+    (project / ".gitignore").unlink()
+    os.symlink(outside / "secret.txt", project / ".gitignore")
+    assert init_main([]) == 2
+    err = capsys.readouterr().err
+    assert ".gitignore: a symlink leads outside the project root; not read" in err
+    assert SECRET not in err
+    assert (outside / "secret.txt").read_text() == f"{SECRET}\n"
