@@ -87,20 +87,32 @@ def resolve_commit(cwd: Path, rev: str) -> str | None:
     return proc.stdout.decode("ascii", "replace").strip() or None
 
 
-def commits_between(cwd: Path, base: str, head: str) -> list[tuple[str, tuple[str, ...]]]:
+def commits_between(cwd: Path, base: str, head: str) -> list[tuple[str, tuple[str, ...], str]]:
     """Commits reachable from `head` but not `base` (`base..head`), oldest first, each with
-    its parents (first parent first)."""
+    its parents (first parent first) and its subject line."""
     ids = []
     for rev in (base, head):
         sha = resolve_commit(cwd, rev)
         if sha is None:
             raise AgenticError(f"git: unknown revision {rev!r}; fetch it or name another")
         ids.append(sha)
-    out = git(cwd, "rev-list", "--reverse", "--topo-order", "--parents", f"^{ids[0]}", ids[1])
+    out = git(
+        cwd,
+        "rev-list",
+        "--reverse",
+        "--topo-order",
+        "--parents",
+        "--format=%s",
+        f"^{ids[0]}",
+        ids[1],
+    )
     commits = []
-    for line in out.stdout.decode("ascii", "replace").splitlines():
-        sha, *parents = line.split()
-        commits.append((sha, tuple(parents)))
+    lines = out.stdout.decode("utf-8", "replace").split("\n")
+    for index, line in enumerate(lines):
+        if line.startswith("commit "):
+            sha, *parents = line[len("commit ") :].split()
+            title = lines[index + 1] if index + 1 < len(lines) else ""
+            commits.append((sha, tuple(parents), title.strip()))
     return commits
 
 
@@ -140,11 +152,6 @@ def amending() -> bool:
         # /proc/PID/stat: "pid (comm) state ppid ..."; comm may hold spaces or parentheses.
         pid = int(status.rsplit(")", 1)[1].split()[1])
     return False
-
-
-def subject(cwd: Path, sha: str) -> str:
-    proc = git(cwd, "log", "-1", "--format=%s", sha, "--", check=False)
-    return proc.stdout.decode("utf-8", "replace").strip()
 
 
 def parse_name_status(raw: bytes) -> list[Change]:
@@ -196,6 +203,9 @@ def entries(cwd: Path, rev: str | None, paths: list[str]) -> dict[str, Entry]:
     the index when `rev` is None (which lists no folders)."""
     if not paths:
         return {}
+    key = (str(cwd), rev, tuple(paths))
+    if rev is not None and key in _ENTRIES:  # a commit is the new side, then the next base
+        return _ENTRIES[key]
     if rev is None:
         raw = git(cwd, "ls-files", "-s", "-z", "--full-name", "--", *paths).stdout
     else:
@@ -213,11 +223,28 @@ def entries(cwd: Path, rev: str | None, paths: list[str]) -> dict[str, Entry]:
             if rev is None and fields[2] != "0":
                 continue  # an unmerged entry: git refuses the commit anyway
             found[path] = Entry(fields[0], oid)
+    if rev is not None and len(_ENTRIES) < 1024:
+        _ENTRIES[key] = found
     return found
 
 
+_BLOBS: dict[tuple[str, str], bytes] = {}
+_ENTRIES: dict[tuple[str, str | None, tuple[str, ...]], dict[str, Entry]] = {}
+
+
 def read_blob(cwd: Path, oid: str, where: str, limit: int = MAX_BLOB_BYTES) -> bytes:
-    """A blob's bytes; larger than `limit` is a user error naming `where`."""
+    """A blob's bytes; larger than `limit` is a user error naming `where`. Cached by object
+    id: a range of many commits mostly shares one spec and one pyproject.toml blob."""
+    key = (str(cwd), oid)
+    if key in _BLOBS:
+        return _BLOBS[key]
+    data = _read_blob(cwd, oid, where, limit)
+    if len(_BLOBS) < 256:
+        _BLOBS[key] = data
+    return data
+
+
+def _read_blob(cwd: Path, oid: str, where: str, limit: int) -> bytes:
     size = git(cwd, "cat-file", "-s", oid).stdout.decode("ascii", "replace").strip()
     if not size.isdigit() or int(size) > limit:
         raise AgenticError(f"{where}: larger than {limit:,} bytes; not read")

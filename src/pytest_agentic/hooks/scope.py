@@ -227,14 +227,14 @@ def _merge_additions(
 
 def _range_steps(top: Path, base: str, head: str) -> list[Step]:
     steps = []
-    for sha, parents in gitrepo.commits_between(top, base, head):
+    for sha, parents, title in gitrepo.commits_between(top, base, head):
         first = parents[0] if parents else None
         changes = gitrepo.commit_changes(top, first, sha)
         if len(parents) > 1:
             changes = _merge_additions(
                 top, changes, [gitrepo.commit_changes(top, p, sha) for p in parents[1:]]
             )
-        label = f"commit {sha[:12]} ({gitrepo.subject(top, sha)})"
+        label = f"commit {sha[:12]} ({title})"
         steps.append(Step(tuple(changes), first, sha, label))
     return steps
 
