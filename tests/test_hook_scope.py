@@ -82,11 +82,18 @@ def test_no_active_task_passes_unless_a_task_is_required(repo: Path, git: Git, c
         "pyproject.toml",
         '[project]\nname = "demo"\n[tool.pytest-agentic]\nrequire_task = true\n',
     )
+    # Issue 14: settings bind as committed in HEAD, so the uncommitted (even staged) setting
+    # does not count yet; once committed, it does.
+    git(repo, "add", "pyproject.toml")
+    assert run_hook(capsys) == (0, [])
+    git(repo, "commit", "-qm", "require a task")
+    edit(repo, "src/app/billing.py", "again\n")
+    git(repo, "add", "-A")
     code, lines = run_hook(capsys)
     assert code == 1
     assert lines == [
-        f"agentic-scope: no active task, and {repo / 'pyproject.toml'} sets require_task = true: "
-        "start one with `pytest-agentic task start ID` or set PYTEST_AGENTIC_TASK"
+        "agentic-scope: no active task, and pyproject.toml (as of HEAD) sets require_task = "
+        "true: start one with `pytest-agentic task start ID` or set PYTEST_AGENTIC_TASK"
     ]
 
 

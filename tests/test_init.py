@@ -291,7 +291,7 @@ def test_crlf_files_keep_their_sections() -> None:
         {},
         "f",
     )
-    # The new body's own line ending is \n; every marker and the user's text keep theirs.
+    # Issue 14: a CRLF file stays CRLF, the new body included; the user's text keeps its bytes.
     assert out == (
-        "mine\r\n<!-- pytest-agentic:begin a -->\r\nnew\n<!-- pytest-agentic:end a -->\r\n"
+        "mine\r\n<!-- pytest-agentic:begin a -->\r\nnew\r\n<!-- pytest-agentic:end a -->\r\n"
     )

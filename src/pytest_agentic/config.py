@@ -144,16 +144,28 @@ def _toml_error_position(exc: Exception) -> tuple[int, int] | None:
     return None
 
 
+#: The largest TOML file read (pyproject.toml, a task spec): far above any real one, and a
+#: FIFO or /dev/zero behind the name is refused before it is read.
+MAX_TOML_BYTES = 4 * 1024 * 1024
+
+
 def read_toml(path: Path) -> dict[str, Any]:
     """Parse a TOML file; syntax errors become `path:line:col: ...` user errors."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise AgenticError(f"{path}: cannot read: {exc.strerror}") from None
+    from pytest_agentic.safeio import read_bytes_bounded
+
+    return parse_toml(read_bytes_bounded(path, MAX_TOML_BYTES, str(path)), str(path))
+
+
+def parse_toml(data: bytes, path: str) -> dict[str, Any]:
+    """Parse TOML bytes read from `path` (a file, or `REV:file` in git); every failure is one
+    line naming `path`."""
     try:
         return tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError:
         raise AgenticError(f"{path}: not valid UTF-8; save it as UTF-8") from None
+    except RecursionError:
+        # tomllib recurses per nesting level: `a = [[[[…]]]]` 1,000 deep overflows the stack.
+        raise AgenticError(f"{path}: invalid TOML: nested too deeply") from None
     except tomllib.TOMLDecodeError as exc:
         where = _toml_error_position(exc)
         msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc)) or "invalid TOML"
@@ -161,10 +173,11 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise AgenticError(f"{at}: invalid TOML: {msg}") from None
 
 
-def key_line(path: Path, key: str) -> int | None:
-    """The first line of `path` that assigns `key` (for pointing at a bad setting)."""
+def key_line(path: Path, key: str, text: str | None = None) -> int | None:
+    """The first line of `path` (or of its `text`) that assigns `key` (to point at a bad
+    setting)."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = (path.read_text(encoding="utf-8") if text is None else text).splitlines()
     except (OSError, UnicodeDecodeError):
         return None
     pattern = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=")
@@ -198,14 +211,39 @@ def unknown_key_message(key: str, known: list[str]) -> str:
     return message
 
 
-def validate(table: Any, path: Path) -> dict[str, Any]:
+#: Settings that name a path inside the project: relative, no `..` out of it, not in `.git`
+#: (issue 14: `pointer_files = ["/tmp/x/gitconfig"]` made agentic-scaffold write outside the
+#: repository, and a written gitconfig runs commands).
+PATH_KEYS = frozenset({"tasks_dir", "templates_dir", "knowledge_dir", "pointer_files"})
+
+
+def inside_path_problem(value: str) -> str | None:
+    """Why `value` is not a path inside the project (lexically), or None."""
+    if not value.strip():
+        return "is empty"
+    if "\0" in value:
+        return "contains a NUL byte"
+    if value.startswith(("/", "~")) or re.match(r"^[A-Za-z]:[\\/]", value):
+        return "is absolute; use a path relative to the project root"
+    parts = [p for p in re.split(r"[\\/]", value) if p not in ("", ".")]
+    depth = 0
+    for part in parts:
+        depth += -1 if part == ".." else 1
+        if depth < 0:
+            return "leads out of the project root (..); use a path inside it"
+    if ".git" in parts:
+        return "is inside .git; git's own files are never written"
+    return None
+
+
+def validate(table: Any, path: Path, text: str | None = None) -> dict[str, Any]:
     """Check the `[tool.pytest-agentic]` table; every error names the file and the key."""
     where = f"{path}: [tool.{TABLE}]"
     if not isinstance(table, dict):
         raise AgenticError(f"{where} must be a table")
     values: dict[str, Any] = {}
     for key, value in table.items():
-        line = key_line(path, key)
+        line = key_line(path, key, text)
         at = f"{path}:{line}" if line else str(path)
         if key not in KEYS:
             raise AgenticError(f"{at}: [tool.{TABLE}] {unknown_key_message(key, list(KEYS))}")
@@ -215,8 +253,25 @@ def validate(table: Any, path: Path) -> dict[str, Any]:
                 f"{at}: [tool.{TABLE}] {key} must be {_KIND_NAMES[kind]}, "
                 f"not {type(value).__name__} {value!r}"
             )
+        if key in PATH_KEYS:
+            for item in value if isinstance(value, list) else [value]:
+                problem = inside_path_problem(item)
+                if problem:
+                    raise AgenticError(f"{at}: [tool.{TABLE}] {key} {item!r} {problem}")
         values[key] = value
     return values
+
+
+def settings_from_text(text: str, path: Path, shown: str) -> dict[str, Any]:
+    """The validated `[tool.pytest-agentic]` values of pyproject text `text` (as committed in
+    git); errors name `shown` (e.g. `pyproject.toml (as of HEAD)`)."""
+    data = parse_toml(text.encode("utf-8", "surrogateescape"), shown)
+    tool = data.get("tool")
+    table = tool.get(TABLE, {}) if isinstance(tool, dict) else {}
+    try:
+        return validate(table, path, text)
+    except AgenticError as exc:
+        raise AgenticError(str(exc).replace(str(path), shown, 1)) from None
 
 
 def load_config(start: Path | None = None) -> Config:

@@ -48,6 +48,7 @@ class PathPolicy:
         for_agent: bool = False,
         tasks_dir: str = ".agentic/tasks",
         conventions: Sequence[str] = (),
+        lexical: bool = False,
     ) -> None:
         self.root = Path(os.path.abspath(root))
         self.real_root = self.root.resolve()
@@ -57,6 +58,9 @@ class PathPolicy:
         self._resolved: dict[str, str | None] = {}
         self.task = task
         self.for_agent = for_agent
+        # lexical: judge paths as git records them, without looking at the working tree
+        # (the scope check judges commits whose tree is not checked out; issue 14).
+        self.lexical = lexical and not for_agent
         self.tasks_dir = PurePosixPath(tasks_dir)
         # Convention files agentic-scaffold refreshes (exact paths; a folder ends in "/" and
         # covers the `.md` files directly in it). People may commit them whatever the task's
@@ -93,7 +97,11 @@ class PathPolicy:
         parts = rel.split("/")
         if ".git" in parts:
             return Refusal(rel, "inside .git; git's own files are never written")
-        escape = self._symlink_escape(rel if self.for_agent else posixpath.dirname(rel))
+        escape = (
+            None
+            if self.lexical
+            else self._symlink_escape(rel if self.for_agent else posixpath.dirname(rel))
+        )
         if escape:
             return Refusal(rel, escape)
         if self.for_agent:

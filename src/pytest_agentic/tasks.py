@@ -12,6 +12,7 @@ from typing import Any
 
 from pytest_agentic.config import Config, check_type, read_toml, unknown_key_message
 from pytest_agentic.errors import AgenticError
+from pytest_agentic.globs import GlobSpec, compile_globs
 
 ENV_ACTIVE = "PYTEST_AGENTIC_TASK"
 ACTIVE_FILE = ".agentic/active"
@@ -49,14 +50,10 @@ def check_id(task_id: str, where: str) -> None:
         )
 
 
-def compile_scope(patterns: Sequence[str], where: str) -> Any:
-    """A gitwildmatch spec for `patterns` (with `!` negation); bad patterns are user errors."""
-    import pathspec
-
-    try:
-        return pathspec.GitIgnoreSpec.from_lines(patterns)
-    except Exception as exc:  # pathspec raises plain ValueError/TypeError subclasses
-        raise AgenticError(f"{where}: bad scope pattern: {exc}") from None
+def compile_scope(patterns: Sequence[str], where: str) -> GlobSpec:
+    """A gitwildmatch spec for `patterns` (with `!` negation); bad patterns are user errors.
+    Matching never backtracks (issue 14: `*a*a*…*b` hung pathspec's regexes)."""
+    return compile_globs(patterns, where)
 
 
 def task_problems(data: dict[str, Any], path: Path, stem: str | None = None) -> list[str]:
@@ -162,6 +159,8 @@ def parse_task_text(text: str, path: Path) -> Task:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise AgenticError(f"{path}: invalid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses per nesting level
+        raise AgenticError(f"{path}: invalid TOML: nested too deeply") from None
     return parse_task(data, path)
 
 
@@ -232,21 +231,30 @@ def dependency_order(tasks: Iterable[Task]) -> list[Task]:
                 raise AgenticError(f"{task.path or task.id}: depends_on names unknown task {dep!r}")
     order: list[Task] = []
     state: dict[str, int] = {}  # 1 visiting, 2 done
-
-    def visit(task_id: str, stack: list[str]) -> None:
-        if state.get(task_id) == 2:
-            return
-        if state.get(task_id) == 1:
-            cycle = stack[stack.index(task_id) :] + [task_id]
-            raise AgenticError(f"dependency cycle: {' -> '.join(cycle)}")
-        state[task_id] = 1
-        for dep in sorted(by_id[task_id].depends_on):
-            visit(dep, [*stack, task_id])
-        state[task_id] = 2
-        order.append(by_id[task_id])
-
-    for task_id in sorted(by_id):
-        visit(task_id, [])
+    # Iterative depth-first search: a `depends_on` chain of 1,200 tasks overflowed Python's
+    # recursion limit (issue 14). Each frame is (task id, its sorted deps, next dep index).
+    for root_id in sorted(by_id):
+        if state.get(root_id) == 2:
+            continue
+        stack: list[tuple[str, list[str], int]] = [(root_id, sorted(by_id[root_id].depends_on), 0)]
+        state[root_id] = 1
+        while stack:
+            task_id, deps, index = stack[-1]
+            if index == len(deps):
+                stack.pop()
+                state[task_id] = 2
+                order.append(by_id[task_id])
+                continue
+            stack[-1] = (task_id, deps, index + 1)
+            dep = deps[index]
+            if state.get(dep) == 2:
+                continue
+            if state.get(dep) == 1:
+                path = [frame[0] for frame in stack]
+                cycle = path[path.index(dep) :] + [dep]
+                raise AgenticError(f"dependency cycle: {' -> '.join(cycle)}")
+            state[dep] = 1
+            stack.append((dep, sorted(by_id[dep].depends_on), 0))
     return order
 
 
@@ -255,13 +263,26 @@ def active_task_id(config: Config) -> str | None:
     env = os.environ.get(ENV_ACTIVE, "").strip()
     if env:
         return env
-    path = config.root / ACTIVE_FILE
+    return read_active_file(config.root)
+
+
+def read_active_file(root: Path) -> str | None:
+    """The id in `root/.agentic/active`, or None. A folder, FIFO, huge or non-UTF-8 file
+    there is a one-line error (issue 14), never a traceback or a hang."""
+    from pytest_agentic.safeio import read_bytes_bounded
+
+    path = root / ACTIVE_FILE
     try:
-        text = path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
+        data = read_bytes_bounded(path, 4096, ACTIVE_FILE)
+    except (FileNotFoundError, NotADirectoryError):
         return None
-    except OSError as exc:
-        raise AgenticError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise AgenticError(
+            f"{ACTIVE_FILE}: not valid UTF-8; it holds one task id (`pytest-agentic task "
+            "start ID` rewrites it)"
+        ) from None
     return text.splitlines()[0].strip() if text else None
 
 

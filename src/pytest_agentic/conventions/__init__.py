@@ -20,13 +20,47 @@ def convention_files(config: Config) -> tuple[str, ...]:
     return ("AGENTS.md", *(str(p) for p in config["pointer_files"]), knowledge + "/")
 
 
+#: Most characters `context_for` returns: the fixer's budget for convention text in the first
+#: message (a 20k-module package produced 1.86 MB before, issue 14).
+CONTEXT_BUDGET_CHARS = 24_000
+#: Most bytes read of one AGENTS.md or knowledge file.
+MAX_DOC_BYTES = 128 * 1024
+#: Most knowledge files looked at (each is read to see its `paths` front matter).
+MAX_KNOWLEDGE_FILES = 500
+
+
+def _knowledge_files(config: Config) -> list[str]:
+    """Knowledge files (root-relative), never through a symlink out of the root."""
+    from pytest_agentic.safeio import escape
+
+    folder = str(config["knowledge_dir"]).strip("/")
+    if escape(config.root, folder):
+        return []  # a knowledge folder that leads out of the root is not read at all
+    path = config.root / folder
+    if not path.is_dir():
+        return []
+    names = sorted(p.name for p in path.iterdir() if p.name.endswith(".md"))
+    return [f"{folder}/{name}" for name in names[:MAX_KNOWLEDGE_FILES]]
+
+
+def _read_doc(config: Config, rel: str) -> str | None:
+    """A convention file's text, or None: outside the root, a symlink out of it, not a
+    regular file, too big or not UTF-8 all mean "not there" to the fixer."""
+    from pytest_agentic.errors import AgenticError
+    from pytest_agentic.safeio import read_project_text
+
+    try:
+        return read_project_text(config.root, rel, MAX_DOC_BYTES)
+    except AgenticError:
+        return None
+
+
 def matching_knowledge_files(root: Path, paths: list[str]) -> list[str]:
     """Knowledge files (repo-relative) whose front-matter `paths` globs match any of `paths`
     (absolute, or relative to `root`)."""
-    import pathspec
-
     from pytest_agentic.config import load_config
     from pytest_agentic.conventions.lint import front_matter
+    from pytest_agentic.globs import GlobError, GlobSpec
 
     root = root.absolute()
     config = load_config(root)
@@ -35,45 +69,53 @@ def matching_knowledge_files(root: Path, paths: list[str]) -> list[str]:
         p = Path(path)
         if p.is_absolute():
             try:
-                p = p.relative_to(root)
+                p = p.relative_to(config.root)
             except ValueError:
                 continue
         rels.append(p.as_posix())
-    folder = config.root / str(config["knowledge_dir"])
     found = []
-    for file in sorted(folder.glob("*.md")) if folder.is_dir() else []:
-        try:
-            text = file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
+    for rel in _knowledge_files(config):
+        text = _read_doc(config, rel)
+        if text is None:
             continue
         globs, error = front_matter(text)
         if error or not globs:
             continue
         try:
-            spec = pathspec.GitIgnoreSpec.from_lines([g for g, _ in globs])
-        except Exception:  # a bad glob is agentic-conventions' to report, not the fixer's
+            spec = GlobSpec([g for g, _ in globs])
+        except GlobError:  # a bad glob is agentic-conventions' to report, not the fixer's
             continue
-        if any(spec.match_file(rel) for rel in rels):
-            found.append(file.relative_to(config.root).as_posix())
+        if any(spec.match_file(r) for r in rels):
+            found.append(rel)
     return found
 
 
-def context_for(root: Path, paths: list[str]) -> str:
+def context_for(root: Path, paths: list[str], budget: int = CONTEXT_BUDGET_CHARS) -> str:
     """AGENTS.md plus the knowledge files covering `paths` (e.g. the files in a failing
     test's traceback), each in a `<document path="...">` block, for the agent's first
-    message. Empty when the project has none of them."""
-    root = root.absolute()
+    message; at most `budget` characters (a document that does not fit is cut, and says so).
+    Empty when the project has none of them. Files are read only inside the project root,
+    never through a symlink out of it (a secret there must never reach the model)."""
     from pytest_agentic.config import load_config
 
+    root = root.absolute()
     config = load_config(root)
-    docs = []
-    names = ["AGENTS.md", *matching_knowledge_files(root, paths)]
-    for rel in names:
-        try:
-            text = (config.root / rel).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
+    docs: list[str] = []
+    used = 0
+    for rel in ["AGENTS.md", *matching_knowledge_files(root, paths)]:
+        text = _read_doc(config, rel)
+        if text is None:
             continue
-        docs.append(f'<document path="{rel}">\n{for_agent(text)}\n</document>')
+        head, tail = f'<document path="{rel}">\n', "\n</document>"
+        room = budget - used - len(head) - len(tail) - (2 if docs else 0)
+        if room <= 200:
+            break
+        body = for_agent(text).rstrip()
+        if len(body) > room:
+            note = f"\n[cut: {len(body) - room + 40:,} more characters in {rel}]"
+            body = body[: max(0, room - len(note))] + note
+        docs.append(head + body + tail)
+        used += len(docs[-1]) + (2 if len(docs) > 1 else 0)
     return "\n\n".join(docs)
 
 

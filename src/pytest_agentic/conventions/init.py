@@ -14,11 +14,17 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pytest_agentic.atomic import write_atomic
 from pytest_agentic.config import Config, load_config
 from pytest_agentic.conventions.introspect import introspect
 from pytest_agentic.conventions.render import FileChange, plan_scaffold
 from pytest_agentic.errors import AgenticError, run_main
+from pytest_agentic.safeio import (
+    MAX_TEXT_BYTES,
+    escape,
+    is_symlink,
+    read_bytes_bounded,
+    write_project_files,
+)
 from pytest_agentic.scope import BOOKKEEPING
 from pytest_agentic.workspace import BOOKKEEPING_IGNORE
 
@@ -64,6 +70,8 @@ def plan_precommit_config(old: str | None, where: str = ".pre-commit-config.yaml
         return "repos:\n" + HOOKS_BLOCK
     try:
         data = yaml.safe_load(old)
+    except RecursionError:
+        raise AgenticError(f"{where}: not valid YAML: nested too deeply") from None
     except yaml.YAMLError as exc:
         raise AgenticError(f"{where}: not valid YAML: {exc}".splitlines()[0]) from None
     if not isinstance(data, dict):
@@ -187,11 +195,16 @@ def command_checker(root: Path, report: list[str]) -> Callable[[str], bool]:
 
 
 def _read(path: Path) -> str | None:
+    problem = escape(path.parent, path.name)
+    if problem:  # `.gitignore -> /etc/passwd`: never read (nor written, see plan_init)
+        raise AgenticError(f"{path}: {problem}; not read")
     try:
-        return path.read_text(encoding="utf-8")
+        data = read_bytes_bounded(path, MAX_TEXT_BYTES, str(path))  # never a FIFO or device
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError) as exc:
+    try:
+        return data.decode("utf-8").replace("\r\n", "\n")
+    except UnicodeDecodeError as exc:
         raise AgenticError(f"{path}: cannot read: {exc}") from None
 
 
@@ -203,7 +216,8 @@ def plan_init(config: Config, works: Callable[[str], bool] | None = None) -> lis
     new_precommit = plan_precommit_config(old_precommit, precommit)
     facts = introspect(config.root, precommit_config=new_precommit)
     changes = plan_scaffold(config, facts, works)
-    if new_precommit != old_precommit:
+    if new_precommit != old_precommit and not is_symlink(config.root / precommit):
+        # a symlinked config is the user's: left alone
         changes.append(FileChange(precommit, old_precommit, new_precommit))
     # Runs, journals and the active task are ignored in one place, `.agentic/.gitignore`
     # (never the top-level .gitignore); an existing one is left as it is.
@@ -214,8 +228,8 @@ def plan_init(config: Config, works: Callable[[str], bool] | None = None) -> lis
 
 
 def apply_changes(root: Path, changes: Sequence[FileChange]) -> None:
-    for change in changes:
-        write_atomic(root / change.path, change.new)
+    # All checked first (inside the root, no symlink, writable), then written atomically.
+    write_project_files(root, [(change.path, change.new) for change in changes])
 
 
 def diff(changes: Sequence[FileChange]) -> str:

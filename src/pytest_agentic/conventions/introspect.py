@@ -210,9 +210,13 @@ def list_files(root: Path) -> tuple[str, ...]:
 
 
 def _read_text(path: Path) -> str | None:
+    # Regular files of bounded size only: a FIFO or /dev/zero behind a name is not read.
+    from pytest_agentic.errors import AgenticError
+    from pytest_agentic.safeio import MAX_TEXT_BYTES, read_bytes_bounded
+
     try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
+        return read_bytes_bounded(path, 4 * MAX_TEXT_BYTES, str(path)).decode("utf-8")
+    except (OSError, UnicodeDecodeError, AgenticError):
         return None
 
 
@@ -481,7 +485,7 @@ def read_precommit_hooks(root: Path, text: str | None = None) -> tuple[str, ...]
 
     try:
         data = yaml.safe_load(text)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         return ()
     ids: list[str] = []
     for repo in (data or {}).get("repos", []) if isinstance(data, dict) else []:

@@ -14,47 +14,26 @@ import re
 import shlex
 import shutil
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from pytest_agentic.config import Config
 from pytest_agentic.conventions.introspect import RepoFacts, introspect
-from pytest_agentic.conventions.render import (
-    AGENTS_MD,
-    imports_agents_md,
+from pytest_agentic.conventions.markers import (
+    PATH_EXTENSIONS,
+    looks_secret,
     parse_sections,
-    read_template,
+    references,
 )
+from pytest_agentic.conventions.render import AGENTS_MD, imports_agents_md, read_template
 from pytest_agentic.errors import AgenticError
+from pytest_agentic.globs import GlobError, GlobSpec
+from pytest_agentic.safeio import MAX_TEXT_BYTES, escape, read_project_text
 
 #: What Codex reads of the AGENTS.md files on the way to a directory (project_doc_max_bytes).
 CODEX_MAX_BYTES = 32 * 1024
 #: Claude Code follows `@` imports this many levels deep.
 IMPORT_DEPTH = 5
-PATH_EXTENSIONS = frozenset(
-    {
-        ".py",
-        ".pyi",
-        ".md",
-        ".rst",
-        ".txt",
-        ".toml",
-        ".cfg",
-        ".ini",
-        ".yaml",
-        ".yml",
-        ".json",
-        ".lock",
-        ".sh",
-        ".in",
-        ".csv",
-        ".html",
-        ".js",
-        ".ts",
-    }
-)
-SHELL_FENCES = frozenset({"sh", "bash", "shell", "console", "zsh"})
 # Commands that exist wherever the project is worked on; their arguments are not checked.
 KNOWN_TOOLS = frozenset(
     {
@@ -144,10 +123,6 @@ PYTEST_FLAGS = frozenset(
         "--pdb",
     }
 )
-FENCE_RE = re.compile(r"^\s*(```|~~~)\s*([\w+-]*)")
-CODE_SPAN_RE = re.compile(r"(?<!`)`([^`\n]+)`(?!`)")
-LINK_RE = re.compile(r"\[[^\]\n]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
-IMPORT_RE = re.compile(r"(?:^|(?<=\s))@([^\s`<>()\[\]]+)")
 
 
 @dataclass(frozen=True)
@@ -163,61 +138,6 @@ class Problem:
 
 
 # --- reading markdown -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Reference:
-    """Something a convention file names: a path, a command or an `@` import."""
-
-    kind: str  # "span", "link", "command", "import"
-    text: str
-    line: int
-
-
-def references(text: str) -> Iterator[Reference]:
-    """Code spans, links and `@` imports outside fences and HTML comments; each line of a
-    shell fence as a command."""
-    fence: str | None = None
-    fence_lang = ""
-    in_comment = False
-    for number, line in enumerate(text.splitlines(), start=1):
-        opening = FENCE_RE.match(line)
-        if fence is not None:
-            if opening and opening.group(1) == fence and not opening.group(2):
-                fence = None
-            elif fence_lang in SHELL_FENCES:
-                command = line.strip()
-                if command.startswith("$ "):
-                    command = command[2:]
-                if command and not command.startswith("#"):
-                    yield Reference("command", command, number)
-            continue
-        if opening:
-            fence, fence_lang = opening.group(1), opening.group(2).lower()
-            continue
-        visible = ""
-        rest = line
-        while rest:
-            if in_comment:
-                end = rest.find("-->")
-                if end < 0:
-                    rest = ""
-                else:
-                    in_comment, rest = False, rest[end + 3 :]
-            else:
-                start = rest.find("<!--")
-                if start < 0:
-                    visible, rest = visible + rest, ""
-                else:
-                    visible, rest, in_comment = visible + rest[:start], rest[start + 4 :], True
-        for match in CODE_SPAN_RE.finditer(visible):
-            yield Reference("span", match.group(1).strip(), number)
-        for match in LINK_RE.finditer(visible):
-            yield Reference("link", match.group(1), number)
-        for match in IMPORT_RE.finditer(CODE_SPAN_RE.sub("", visible)):
-            target = match.group(1).rstrip(".,;:")
-            if "/" in target or os.path.splitext(target)[1] in PATH_EXTENSIONS:
-                yield Reference("import", target, number)
 
 
 def looks_like_path(text: str) -> bool:
@@ -273,11 +193,13 @@ def path_exists(ctx: Context, path: str, base: str = "") -> bool:
     return False
 
 
-def _test_names(path: Path) -> dict[str, set[str]]:
-    """Top-level functions and classes of a test file, each class with its methods."""
+def _test_names(ctx: Context, rel: str) -> dict[str, set[str]]:
+    """Top-level functions and classes of a test file, each class with its methods; {} when
+    it cannot be read (outside the repository, not a regular file, too big)."""
     try:
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, SyntaxError, ValueError):
+        text = read_project_text(ctx.root, rel, MAX_TEXT_BYTES)
+        tree = ast.parse(text or "")
+    except (AgenticError, SyntaxError, ValueError, RecursionError, MemoryError):
         return {}
     names: dict[str, set[str]] = {}
     for node in tree.body:
@@ -308,10 +230,15 @@ def check_pytest_args(ctx: Context, args: list[str], shown: str) -> str | None:
             continue
         if "::" in arg:
             file, *names = arg.split("::")
+            rel = _normal(re.sub(r":\d+(?::\d+)?$", "", file))
+            if rel is None:
+                # Never read: `/dev/zero::test_x` would read forever (issue 14).
+                return f"`{shown}`: {file} is outside the repository"
             if not path_exists(ctx, file):
                 return f"`{shown}`: no test file {file}"
-            found = _test_names(ctx.root / file)
-            names = [re.sub(r"\[.*\]$", "", n) for n in names]
+            found = _test_names(ctx, rel)
+            # `test_x[param]`: the parameter id goes (split, not a regex: linear time).
+            names = [n[: n.index("[")] if n.endswith("]") and "[" in n else n for n in names]
             if names and names[0] not in found:
                 return f"`{shown}`: no {names[0]} in {file}"
             if len(names) > 1 and names[1] not in found[names[0]]:
@@ -424,8 +351,8 @@ def tox_env_exists(envs: tuple[str, ...], name: str) -> bool:
 
 def _pyproject(ctx: Context) -> str:
     try:
-        return (ctx.root / "pyproject.toml").read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
+        return read_project_text(ctx.root, "pyproject.toml") or ""
+    except AgenticError:
         return ""
 
 
@@ -471,12 +398,28 @@ def check_references(ctx: Context, rel: str, text: str) -> list[Problem]:
             if target and not re.match(r"^[a-z][a-z0-9+.-]*:", target):
                 if not path_exists(ctx, base + "/" + target if base else target):
                     message = f"link target {target}: no such file or folder"
-        elif ref.kind == "import" and not ref.text.startswith("~"):
-            if not path_exists(ctx, base + "/" + ref.text if base else ref.text):
-                message = f"@{ref.text}: imported file does not exist"
+        elif ref.kind == "import":
+            message = check_import(ctx, base, ref.text)
         if message:
             problems.append(Problem(rel, ref.line, message))
     return problems
+
+
+def check_import(ctx: Context, base: str, target: str) -> str | None:
+    """Why an `@` import is a problem, or None. Claude Code loads what `@` names into every
+    session, so an import must stay inside the repository and never name a secret."""
+    joined = target if target.startswith(("/", "~")) else (f"{base}/{target}" if base else target)
+    norm = None if target.startswith(("/", "~")) else _normal(joined)
+    if looks_secret(target):
+        return f"@{target}: imports a secret-looking file into every agent session; remove it"
+    if norm is None:
+        return f"@{target}: import leaves the repository; import only files inside it"
+    problem = escape(ctx.root, norm) if norm else None
+    if problem:
+        return f"@{target}: {problem}; import only files inside the repository"
+    if not path_exists(ctx, joined):
+        return f"@{target}: imported file does not exist"
+    return None
 
 
 def check_sections(rel: str, text: str, required: list[str]) -> list[Problem]:
@@ -513,6 +456,8 @@ def front_matter(text: str) -> tuple[list[tuple[str, int]] | None, str | None]:
         data = yaml.safe_load("\n".join(lines[1:end])) or {}
     except yaml.YAMLError as exc:
         return None, f"front matter is not valid YAML: {str(exc).splitlines()[0]}"
+    except RecursionError:  # yaml's composer recurses per nesting level
+        return None, "front matter is not valid YAML: nested too deeply"
     paths = data.get("paths") if isinstance(data, dict) else None
     if isinstance(paths, str):
         paths = [paths]
@@ -526,16 +471,14 @@ def front_matter(text: str) -> tuple[list[tuple[str, int]] | None, str | None]:
 
 
 def check_knowledge(ctx: Context, rel: str, text: str, required: list[str]) -> list[Problem]:
-    import pathspec
-
     problems = check_sections(rel, text, required)
     globs, error = front_matter(text)
     if error:
         return [Problem(rel, 1, error), *problems]
     for glob, line in globs or []:
         try:
-            spec = pathspec.GitIgnoreSpec.from_lines([glob])
-        except Exception:  # pathspec raises plain ValueError/TypeError subclasses
+            spec = GlobSpec([glob])
+        except GlobError:
             problems.append(Problem(rel, line, f'paths glob "{glob}" is not a valid pattern'))
             continue
         if not any(spec.match_file(f) for f in ctx.files):
@@ -575,12 +518,15 @@ def loaded_bytes(ctx: Context, directory: str) -> int:
             return
         seen.add(rel)
         try:
-            data = (ctx.root / rel).read_bytes()
-        except OSError:
+            # Inside the root, regular, bounded: an import of /dev/zero or a FIFO is not read.
+            text = read_project_text(ctx.root, rel, MAX_TEXT_BYTES)
+        except AgenticError:
             return
-        total += len(data)
+        if text is None:
+            return
+        total += len(text.encode("utf-8"))
         base = os.path.dirname(rel)
-        for ref in references(data.decode("utf-8", "replace")):
+        for ref in references(text):
             if ref.kind == "import":
                 target = _normal(f"{base}/{ref.text}" if base else ref.text)
                 if target:
@@ -591,6 +537,11 @@ def loaded_bytes(ctx: Context, directory: str) -> int:
     return total
 
 
+def _links_to_agents_md(root: Path, rel: str) -> bool:
+    path = root / rel
+    return path.is_symlink() and os.path.realpath(path) == os.path.realpath(root / AGENTS_MD)
+
+
 def lint(config: Config, facts: RepoFacts | None = None) -> list[Problem]:
     """Every problem with the convention files of the project at `config.root`."""
     ctx = make_context(config.root, facts)
@@ -598,11 +549,9 @@ def lint(config: Config, facts: RepoFacts | None = None) -> list[Problem]:
 
     def read(rel: str) -> str | None:
         try:
-            return (config.root / rel).read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return None
-        except (OSError, UnicodeDecodeError) as exc:
-            problems.append(Problem(rel, 1, f"cannot read: {exc}"))
+            return read_project_text(config.root, rel, MAX_TEXT_BYTES, "")
+        except AgenticError as exc:
+            problems.append(Problem(rel, 1, str(exc).split(": ", 1)[-1]))
             return None
 
     agents_required = [s.name for s in parse_sections(read_template(config, AGENTS_MD), "t")]
@@ -654,6 +603,8 @@ def lint(config: Config, facts: RepoFacts | None = None) -> list[Problem]:
             problems += check_references(ctx, rel, text)
 
     for rel in config["pointer_files"]:
+        if _links_to_agents_md(config.root, rel):
+            continue  # `CLAUDE.md -> AGENTS.md`: the same file, nothing to import
         text = read(rel)
         if text is None:
             problems.append(Problem(rel, 1, "pointer file missing; run agentic-scaffold"))

@@ -8,41 +8,38 @@ depends only on the repository's contents, so a second run is byte-identical (is
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from pytest_agentic.config import Config
 from pytest_agentic.conventions.introspect import Package, RepoFacts
-from pytest_agentic.errors import AgenticError
-
-ANY_MARKER_RE = re.compile(
-    r"^[ \t]*<!-- pytest-agentic:(begin|end) ([A-Za-z0-9_.-]+) -->[ \t\r]*$", re.MULTILINE
+from pytest_agentic.conventions.markers import (
+    Section,
+    begin_marker,
+    end_marker,
+    escape_markers,
+    fill_sections,
+    newline_of,
+    parse_sections,
+    references,
+    section_body,
 )
+from pytest_agentic.errors import AgenticError
+from pytest_agentic.safeio import MAX_TEXT_BYTES, read_project_text, write_problem
+
+__all__ = [
+    "FileChange",
+    "fill_sections",
+    "parse_sections",
+    "plan_scaffold",
+    "render_text",
+]
+
 AGENTS_MD = "AGENTS.md"
 # How many modules AGENTS.md lists one by one; beyond it, packages only (the knowledge files
 # hold the full map). AGENTS.md is loaded on every turn, so it must stay short.
 LAYOUT_MODULE_LIMIT = 40
-
-
-def begin_marker(name: str) -> str:
-    return f"<!-- pytest-agentic:begin {name} -->"
-
-
-def end_marker(name: str) -> str:
-    return f"<!-- pytest-agentic:end {name} -->"
-
-
-@dataclass(frozen=True)
-class Section:
-    """One generated section: its name, body span (character offsets) and marker lines."""
-
-    name: str
-    body_start: int
-    body_end: int
-    begin_line: int
-    end_line: int
 
 
 @dataclass(frozen=True)
@@ -52,58 +49,6 @@ class FileChange:
     path: str
     old: str | None
     new: str
-
-
-def parse_sections(text: str, where: str = "") -> list[Section]:
-    """The generated sections of `text`; badly nested or unclosed markers are user errors
-    naming the line, since rewriting around them could eat hand-written text."""
-    sections: list[Section] = []
-    open_name: str | None = None
-    open_at = (0, 0)
-    seen: set[str] = set()
-    for match in ANY_MARKER_RE.finditer(text):
-        kind, name = match.group(1), match.group(2)
-        line = text.count("\n", 0, match.start()) + 1
-        if kind == "begin":
-            if open_name is not None:
-                raise AgenticError(
-                    f"{where}:{line}: marker 'begin {name}' inside section '{open_name}' "
-                    f"(opened on line {open_at[1]}); close it with `{end_marker(open_name)}`"
-                )
-            if name in seen:
-                raise AgenticError(f"{where}:{line}: section '{name}' appears twice")
-            open_name, open_at = name, (match.end() + 1, line)
-        else:
-            if open_name != name:
-                raise AgenticError(
-                    f"{where}:{line}: 'end {name}' without a matching "
-                    f"`{begin_marker(name)}` before it"
-                )
-            seen.add(name)
-            start = min(open_at[0], match.start())
-            sections.append(Section(name, start, match.start(), open_at[1], line))
-            open_name = None
-    if open_name is not None:
-        raise AgenticError(
-            f"{where}:{open_at[1]}: section '{open_name}' is never closed; add "
-            f"`{end_marker(open_name)}`"
-        )
-    return sections
-
-
-def fill_sections(text: str, contents: Mapping[str, str], where: str = "") -> str:
-    """`text` with the bodies of the sections named in `contents` replaced."""
-    out: list[str] = []
-    pos = 0
-    for section in parse_sections(text, where):
-        if section.name not in contents:
-            continue
-        body = contents[section.name].strip("\n")
-        out.append(text[pos : section.body_start])
-        out.append(body + "\n" if body else "")
-        pos = section.body_end
-    out.append(text[pos:])
-    return "".join(out)
 
 
 def _heading_before(template: str, section: Section) -> str:
@@ -127,24 +72,25 @@ def render_text(
     if existing is None:
         text = template
         for key, value in variables.items():
-            text = text.replace("{{" + key + "}}", value)
+            # Values come from the code (a package name, a glob): escaped like a body.
+            text = text.replace("{{" + key + "}}", escape_markers(value))
         return fill_sections(text, contents, where)
     text = fill_sections(existing, contents, where)
     have = {s.name for s in parse_sections(text, where)}
+    nl = newline_of(existing)  # an appended section follows the file's own line endings
     for section in parse_sections(template, "template"):
         if section.name in have:
             continue
-        if not text.endswith("\n"):
-            text += "\n"
-        body = contents.get(section.name, "").strip("\n")
+        if text and not text.endswith("\n"):
+            text += nl
         text += (
-            "\n"
-            + _heading_before(template, section)
+            nl
+            + _heading_before(template, section).replace("\n", nl)
             + begin_marker(section.name)
-            + "\n"
-            + (body + "\n" if body else "")
+            + nl
+            + section_body(contents.get(section.name, ""), nl)
             + end_marker(section.name)
-            + "\n"
+            + nl
         )
     return text
 
@@ -169,16 +115,17 @@ def shipped_templates_dir() -> Path:
 def read_template(config: Config, name: str) -> str:
     """Template `name` from `templates_dir` when set and present there, else the shipped one."""
     custom = config["templates_dir"]
-    candidates = [config.root / str(custom) / name] if custom else []
-    candidates.append(shipped_templates_dir() / name)
-    for path in candidates:
-        try:
-            return path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            continue
-        except (OSError, UnicodeDecodeError) as exc:
-            raise AgenticError(f"{path}: cannot read template: {exc}") from None
-    raise AgenticError(f"{candidates[0]}: template not found")
+    if custom:
+        # A project's own template: inside the root, never through a symlink out of it.
+        rel = f"{str(custom).rstrip('/')}/{name}"
+        text = read_project_text(config.root, rel, MAX_TEXT_BYTES, f"{rel} (templates_dir)")
+        if text is not None:
+            return text
+    path = shipped_templates_dir() / name
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AgenticError(f"{path}: cannot read template: {exc}") from None
 
 
 # --- section contents -------------------------------------------------------------------
@@ -457,8 +404,6 @@ def pointer_import(pointer: str) -> str:
 
 def imports_agents_md(rel: str, text: str) -> bool:
     """Whether the file `rel` with `text` has an `@` import that resolves to AGENTS.md."""
-    from pytest_agentic.conventions.lint import references  # lint imports this module
-
     base = os.path.dirname(rel)
     for ref in references(text):
         if ref.kind == "import":
@@ -472,12 +417,16 @@ def imports_agents_md(rel: str, text: str) -> bool:
 
 
 def _read_existing(root: Path, rel: str) -> str | None:
-    try:
-        return (root / rel).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise AgenticError(f"{rel}: cannot read: {exc}") from None
+    # Inside the root, a regular file of bounded size, newlines untranslated (a CRLF file
+    # stays CRLF); a symlink out of the root is never read (its target may be a secret).
+    return read_project_text(root, rel)
+
+
+def _left_alone(root: Path, rel: str) -> bool:
+    """A symlink (e.g. `CLAUDE.md -> AGENTS.md`) is the user's choice: never replaced by a
+    copy. Anything else that may not be written is an error when it is planned."""
+    problem = write_problem(root, rel)
+    return problem is not None and problem.startswith("a symlink;")
 
 
 def _section_body(text: str | None, name: str) -> str | None:
@@ -533,6 +482,8 @@ def plan_scaffold(
 
     changes = []
     for rel, new in planned:
+        if _left_alone(root, rel):
+            continue
         old = _read_existing(root, rel)
         if old != new:
             changes.append(FileChange(rel, old, new))
