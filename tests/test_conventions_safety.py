@@ -435,22 +435,24 @@ def test_markers_module_is_shared_not_circular() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
-def test_init_leaves_a_symlinked_gitignore_alone_and_never_reads_one_leading_out(
+def test_init_leaves_a_symlinked_precommit_config_alone_and_never_reads_one_leading_out(
     project: Path, outside: Path, capsys
 ) -> None:
+    # init no longer touches the top-level .gitignore (issue 12: `.agentic/.gitignore` is the
+    # one bookkeeping ignore); the file it does read and update is the pre-commit config.
     from pytest_agentic.conventions.init import init_main
 
-    (project / "shared-ignore").write_text("build/\n")
-    os.symlink("shared-ignore", project / ".gitignore")
+    shared = "repos:\n- repo: local\n  hooks: []\n"
+    (project / "shared-precommit.yaml").write_text(shared)
+    os.symlink("shared-precommit.yaml", project / ".pre-commit-config.yaml")
     assert init_main([]) == 0
-    assert "updated .gitignore" not in capsys.readouterr().out
-    assert (project / ".gitignore").is_symlink()
-    assert (project / "shared-ignore").read_text() == "build/\n"
+    assert (project / ".pre-commit-config.yaml").is_symlink()
+    assert (project / "shared-precommit.yaml").read_text() == shared
 
-    (project / ".gitignore").unlink()
-    os.symlink(outside / "secret.txt", project / ".gitignore")
+    (project / ".pre-commit-config.yaml").unlink()
+    os.symlink(outside / "secret.txt", project / ".pre-commit-config.yaml")
     assert init_main([]) == 2
     err = capsys.readouterr().err
-    assert ".gitignore: a symlink leads outside the project root; not read" in err
+    assert ".pre-commit-config.yaml: a symlink leads outside the project root; not read" in err
     assert SECRET not in err
     assert (outside / "secret.txt").read_text() == f"{SECRET}\n"
