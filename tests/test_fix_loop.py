@@ -538,7 +538,10 @@ def test_hard_kill_then_pytest_agentic_restore(
         text=True,
     )
     assert restore.returncode == 0, restore.stderr
-    assert sorted(restore.stdout.splitlines()) == ["restored calc.py", "restored extra.py"]
+    removed, *restored = sorted(restore.stdout.splitlines())
+    assert restored == ["restored calc.py", "restored extra.py"]
+    assert removed.startswith("removed the workspaces of a killed run: ")  # issue 8
+    assert not Path(removed.split(": ", 1)[1]).exists()
     assert snapshot(project) == before
     assert not (project / ".agentic/journal").exists()
 
@@ -637,7 +640,7 @@ def test_report_command_summarises_the_last_run(
     )
     assert proc.returncode == 0
     assert proc.stdout.splitlines()[0] == "fixed in 1 attempt: tests/test_calc.py::test_add"
-    assert (project / ".agentic/.gitignore").read_text() == "/runs/\n/journal/\n"
+    assert (project / ".agentic/.gitignore").read_text() == "/lock\n/runs/\n/journal/\n"
 
 
 def test_the_default_model_is_not_deprecated_in_the_installed_sdk() -> None:

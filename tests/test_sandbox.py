@@ -508,3 +508,98 @@ def test_the_lock_file_names_pid_and_start_time(project: Path, lock: sandbox.Loc
     assert data["scratch"] == str(lock.scratch)
     ignore = (project / ".agentic" / ".gitignore").read_text()
     assert "/lock" in ignore.splitlines()
+
+
+# --- the plugin and the CLI ---------------------------------------------------------------
+
+
+@pytest.fixture
+def api_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    # These runs stop before any request: a key is needed only to get past that check.
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-key")
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", "http://127.0.0.1:9")
+
+
+def test_a_second_fix_run_exits_4_naming_the_running_pid(
+    project: Path, holder: Callable, api_key: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proc, scratch = holder()
+    # A journal the running run has open is not a killed run's: the lock message wins.
+    from pytest_agentic.workspace import Journal
+
+    Journal(project, "1-1").save("src/calc/__init__.py")
+    monkeypatch.chdir(project)
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "--agent-fix", "-p", "no:cacheprovider"],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 4, run.stdout + run.stderr
+    assert run.stderr.splitlines()[0] == (
+        f"ERROR: {project / sandbox.LOCK_FILE}: another pytest-agentic fix run "
+        f"(pid {proc.pid}) is working in {project}; wait for it to finish or stop it"
+    )
+    assert "passed" not in run.stdout and "failed" not in run.stdout
+    assert scratch.is_dir()  # the running run's workspaces are untouched
+
+
+def test_restore_refuses_while_a_run_lives_then_removes_its_workspaces(
+    project: Path,
+    holder: Callable,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from pytest_agentic.cli import main
+
+    proc, scratch = holder()
+    monkeypatch.chdir(project)
+    assert main(["restore"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pytest-agentic: error: ") and f"(pid {proc.pid})" in err
+    assert "restore only after it ends" in err and len(err.splitlines()) == 1
+    assert scratch.is_dir()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert main(["restore"]) == 0
+    assert capsys.readouterr().out == f"removed the workspaces of a killed run: {scratch}\n"
+    assert not scratch.exists()
+
+
+def test_sandbox_required_without_bwrap_is_a_usage_error(
+    project: Path, api_key: None, tmp_path: Path
+) -> None:
+    (project / "pyproject.toml").write_text(
+        PYPROJECT + '[tool.pytest-agentic]\nsandbox = "required"\n'
+    )
+    bin_dir = tmp_path / "bin-without-bwrap"
+    bin_dir.mkdir()
+    for tool in ("git", "cp"):
+        found = subprocess.run(["which", tool], capture_output=True, text=True).stdout.strip()
+        os.symlink(found, bin_dir / tool)
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "--agent-fix", "-p", "no:cacheprovider"],
+        cwd=project,
+        env={**os.environ, "PATH": str(bin_dir)},
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 4, run.stdout + run.stderr
+    assert run.stderr.splitlines()[0] == (
+        f'ERROR: {project / "pyproject.toml"}: sandbox = "required" but bubblewrap (bwrap) is '
+        "not installed or cannot create a sandbox here; install the `bubblewrap` package or set "
+        'sandbox = "auto"'
+    )
+    assert not (project / sandbox.LOCK_FILE).exists()  # released on the way out
+
+
+def test_a_bad_sandbox_value_names_the_file_line_and_key(project: Path) -> None:
+    from pytest_agentic.config import load_config
+
+    (project / "pyproject.toml").write_text(PYPROJECT + '[tool.pytest-agentic]\nsandbox = "on"\n')
+    with pytest.raises(AgenticError) as info:
+        load_config(project)
+    assert str(info.value) == (
+        f'{project / "pyproject.toml"}:4: [tool.pytest-agentic] sandbox must be one of "auto", '
+        '"required", "off", not \'on\''
+    )
+

@@ -2,12 +2,16 @@
 
 API (the fixer codes against it):
 
-- ``lock = acquire_lock(root)`` once per run (plugin.py does it in ``resolve_settings`` and
-  registers ``config.add_cleanup(lock.release)``; the fixer reads it with
-  ``config.stash[RUN_LOCK]``). A second run raises ``AgenticError`` naming the running pid.
-  ``lock.scratch`` is the run's private folder under the temp folder; everything below lives
-  there and ``lock.release()`` (idempotent, also at interpreter exit) removes it. After a
-  ``kill -9``, ``pytest-agentic restore`` calls ``clean_leftovers(root)``.
+- ``lock = acquire_lock(root)`` once per run: plugin.py does it first thing in
+  ``resolve_settings`` (a busy lock is a one-line usage error, exit 4), stores it in
+  ``config.stash[plugin.RUN_LOCK]`` and registers ``config.add_cleanup(lock.release)``.
+  ``lock.root`` is THE project root (nearest pyproject.toml from the invocation folder, else
+  the git top level): use it, not ``config.rootpath``, for the base, the path policy and
+  ``.agentic/`` (``--agent-report /abs/path`` can move pytest's rootdir to a parent folder;
+  ``RerunSettings.rootdir`` keeps pytest's rootdir so node ids match). ``lock.scratch`` is the
+  run's private folder under the temp folder; everything below lives there, and
+  ``lock.release()`` (idempotent, also at interpreter exit) removes it. After a ``kill -9``,
+  ``pytest-agentic restore`` calls ``clean_leftovers(root)``.
 - ``base = snapshot_base(root, lock.scratch)`` once when the run begins: a copy of the project
   (tracked files with the user's uncommitted changes, untracked non-ignored files; see
   `_IMPORT_SUFFIXES` for the ignored ones also copied) with its own throwaway ``.git`` holding
@@ -48,7 +52,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -797,22 +801,28 @@ def _remove_scratch(scratch: Path) -> bool:
     return True
 
 
-def clean_leftovers(root: Path) -> list[Path]:
-    """For `pytest-agentic restore`: remove what a killed run left under the temp folder.
-
-    `AgenticError` naming the pid while the run that owns the lock is alive.
-    """
+@contextlib.contextmanager
+def held_for_restore(root: Path) -> Iterator[list[Path]]:
+    """For `pytest-agentic restore`: hold the run lock while restoring, after removing what a
+    killed run left under the temp folder (yielded). `AgenticError` naming the pid while the
+    run that owns the lock is alive: its journal and workspaces are in use."""
     root = Path(os.path.abspath(root))
     path = root / LOCK_FILE
-    if not path.exists():
-        return []
+    if not path.parent.is_dir():
+        yield []
+        return
     fd = _try_flock(path)
     if fd is None:
         raise AgenticError(_busy_message(root, path) + "; restore only after it ends")
     try:
-        removed = _cleanup_recorded(path)
+        yield _cleanup_recorded(path)
         with contextlib.suppress(OSError):
             path.unlink()
     finally:
         os.close(fd)
-    return removed
+
+
+def clean_leftovers(root: Path) -> list[Path]:
+    """Remove what a killed run left under the temp folder (see `held_for_restore`)."""
+    with held_for_restore(root) as removed:
+        return removed
