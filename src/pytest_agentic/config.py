@@ -61,6 +61,7 @@ KEYS: dict[str, tuple[str, Any]] = {
     "api_timeout": ("int", 600),
     "sandbox": ("str", "auto"),
     "sandbox_network": ("bool", False),
+    "workers": ("int", 4),
     # convention files
     "templates_dir": ("str?", None),
     "knowledge_dir": ("str", "docs/knowledge"),

@@ -24,6 +24,7 @@ HELP_REPORT = "also write the JSON report to PATH."
 #: The run lock (`sandbox.Lock`) of a fix run, taken in `resolve_settings` and released at
 #: `config` cleanup; the fixer finds the run's scratch folder on it.
 RUN_LOCK = pytest.StashKey[Any]()
+HELP_WORKERS = "failures worked on at once, each in its own workspace (default 4; 1 = serial)."
 
 # option dest -> its key in [tool.pytest-agentic]
 _SETTINGS = {
@@ -33,6 +34,7 @@ _SETTINGS = {
     "agent_budget_tokens": "budget_tokens",
     "agent_dry_run": "dry_run",
     "agent_report": "report",
+    "agent_workers": "workers",
 }
 
 
@@ -55,6 +57,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--agent-budget-tokens", type=_positive_int, metavar="N", help=HELP_BUDGET)
     group.addoption("--agent-dry-run", action="store_true", default=None, help=HELP_DRY_RUN)
     group.addoption("--agent-report", metavar="PATH", help=HELP_REPORT)
+    group.addoption("--agent-workers", type=_positive_int, metavar="N", help=HELP_WORKERS)
 
 
 def _wants_fix(config: pytest.Config) -> bool:
@@ -187,4 +190,5 @@ def _resolve_settings(config: pytest.Config, root: Path) -> Any:
         protected=tuple(settings_file.protected),
         task=task,
         api_timeout=float(settings_file["api_timeout"]),
+        workers=int(value("agent_workers")),
     )
