@@ -192,6 +192,17 @@ def test_editor_writes_are_not_foreign_and_other_writes_are(base: Base) -> None:
     ]
 
 
+def test_git_commands_the_tests_run_are_not_changes(base: Base, git: Callable[..., str]) -> None:
+    # setuptools-scm and friends run `git status`/`git describe --dirty` at import time; git
+    # refreshes the index then. That is not the attempt touching `.git`.
+    ws = base.workspace()
+    assert git(ws.path, "status", "--porcelain") == ""
+    git(ws.path, "describe", "--always", "--dirty")
+    assert ws.foreign_changes() == []
+    git(ws.path, "config", "core.hooksPath", "/tmp/evil")
+    assert ws.foreign_changes() == [".git/config"]
+
+
 def test_a_rewrite_that_keeps_size_and_mtime_is_still_seen(base: Base) -> None:
     ws = base.workspace()
     path = ws.path / "tests" / "test_ops.py"
@@ -602,4 +613,3 @@ def test_a_bad_sandbox_value_names_the_file_line_and_key(project: Path) -> None:
         f'{project / "pyproject.toml"}:4: [tool.pytest-agentic] sandbox must be one of "auto", '
         '"required", "off", not \'on\''
     )
-
