@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -431,6 +432,7 @@ def test_required_without_bwrap_is_an_error(
 HOLDER = """\
 import sys, time
 from pathlib import Path
+from typing import Any
 from pytest_agentic import sandbox
 lock = sandbox.acquire_lock(Path(sys.argv[1]))
 base = sandbox.snapshot_base(Path(sys.argv[1]), lock.scratch)
@@ -613,3 +615,65 @@ def test_a_bad_sandbox_value_names_the_file_line_and_key(project: Path) -> None:
         f'{project / "pyproject.toml"}:4: [tool.pytest-agentic] sandbox must be one of "auto", '
         '"required", "off", not \'on\''
     )
+
+
+def test_agent_report_with_a_space_does_not_move_the_project_root(
+    tmp_path: Path, git: Callable[..., str], fake_anthropic: Any
+) -> None:
+    # pytest picks its rootdir before plugins add their options, so in `--agent-report PATH`
+    # PATH counts as a test path: with a config file above it, the rootdir moves up to a
+    # folder that also holds another git repository. The fix loop still works on the project.
+    from fake_anthropic import done, edit, message, tool_use
+
+    mono = tmp_path / "mono"
+    mono.mkdir()
+    (mono / "pytest.ini").write_text("[pytest]\npythonpath = proj/src\n")
+    repos = {}
+    for name, files in {
+        "proj": {
+            "pyproject.toml": PYPROJECT,
+            "src/calc/__init__.py": CALC,
+            "tests/test_ops.py": TEST_OPS,
+        },
+        "other": {"other.py": "x = 1\n", "report.json": "{}\n"},
+    }.items():
+        repos[name] = root = mono / name
+        root.mkdir()
+        git(root, "init", "-q", "-b", "main")
+        for rel, text in files.items():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_text(text)
+        git(root, "add", "-A")
+        git(root, "commit", "-q", "-m", "initial")
+    proj, other = repos["proj"], repos["other"]
+    attacks = message(
+        edit(str(other / "other.py"), "x = 1", "x = 2"),
+        tool_use(
+            "str_replace_based_edit_tool", command="create", path="../other/evil.py", file_text="1"
+        ),
+    )
+    fake_anthropic.reply(attacks, message(edit("src/calc/__init__.py", "a - b", "a + b")), done())
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--agent-fix",
+            "-p",
+            "no:cacheprovider",
+            "--agent-report",
+            str(other / "report.json"),
+        ],
+        cwd=proj,
+        capture_output=True,
+        text=True,
+    )
+    assert "rootdir: " + str(mono) in run.stdout  # pytest's rootdir did move
+    assert run.returncode == 0, run.stdout + run.stderr
+    refusals = fake_anthropic.requests[1].tool_results()
+    assert [r["is_error"] for r in refusals] == [True, True]
+    assert all("outside the project root" in r["content"] for r in refusals), refusals
+    assert (other / "other.py").read_text() == "x = 1\n"
+    assert not (other / "evil.py").exists()
+    assert git(other, "status", "--porcelain", "--untracked-files=all") == " M report.json\n"
+    assert (proj / "src/calc/__init__.py").read_text() == CALC.replace("a - b", "a + b")
