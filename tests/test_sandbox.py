@@ -510,6 +510,18 @@ def test_a_forged_lock_file_cannot_point_cleanup_elsewhere(project: Path, tmp_pa
     lock_file.write_text(f'{{"pid": 999999999, "scratch": "{victim}"}}')
     assert sandbox.clean_leftovers(project) == []
     assert (victim / "keep.txt").read_text() == "precious\n"
+    lock_file.write_text(f'{{"pid": 999999999, "scratch": "{victim}"}}')
+    sandbox.acquire_lock(project).release()  # a dead pid's lock is taken over...
+    assert (victim / "keep.txt").read_text() == "precious\n"  # ...and nothing else removed
+
+
+def test_a_lock_that_cannot_be_created_is_one_line_not_a_traceback(project: Path) -> None:
+    (project / ".agentic").write_text("a file where the folder should be\n")
+    with pytest.raises(AgenticError) as info:
+        sandbox.acquire_lock(project)
+    assert (
+        str(info.value) == f"{project / sandbox.LOCK_FILE}: cannot create the run lock: File exists"
+    )
 
 
 def test_the_lock_file_names_pid_and_start_time(project: Path, lock: sandbox.Lock) -> None:

@@ -821,20 +821,28 @@ def acquire_lock(root: Path) -> Lock:
     """
     root = Path(os.path.abspath(root))
     path = root / LOCK_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    from pytest_agentic.workspace import ignore_bookkeeping
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        from pytest_agentic.workspace import ignore_bookkeeping
 
-    ignore_bookkeeping(root, LOCK_FILE)
-    fd = _try_flock(path)
+        ignore_bookkeeping(root, LOCK_FILE)
+        fd = _try_flock(path)
+    except OSError as exc:
+        raise AgenticError(f"{path}: cannot create the run lock: {exc.strerror}") from None
     if fd is None:
         raise AgenticError(_busy_message(root, path))
-    _cleanup_recorded(path)
-    scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX))
-    (scratch / _SCRATCH_MARK).write_text(str(root), encoding="utf-8")
-    record = {"pid": os.getpid(), "started": time.time(), "scratch": str(scratch)}
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps(record).encode("utf-8"), 0)
-    os.fsync(fd)
+    try:
+        _cleanup_recorded(path)
+        scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX))
+        (scratch / _SCRATCH_MARK).write_text(str(root), encoding="utf-8")
+        record = {"pid": os.getpid(), "started": time.time(), "scratch": str(scratch)}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(record).encode("utf-8"), 0)
+        os.fsync(fd)
+    except OSError as exc:
+        os.close(fd)
+        where = exc.filename or tempfile.gettempdir()
+        raise AgenticError(f"{where}: cannot set up the fix run: {exc.strerror}") from None
     lock = Lock(root, fd, scratch)
     atexit.register(lock.release)
     return lock
