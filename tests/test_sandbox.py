@@ -199,9 +199,20 @@ def test_git_commands_the_tests_run_are_not_changes(base: Base, git: Callable[..
     ws = base.workspace()
     assert git(ws.path, "status", "--porcelain") == ""
     git(ws.path, "describe", "--always", "--dirty")
-    assert ws.foreign_changes() == []
+    index = ws.path / ".git" / "index"
+    before = index.read_bytes()
+    os.utime(ws.path / "notes.txt", ns=(0, 0))  # new stat data to record, same bytes
+    git(ws.path, "update-index", "--refresh")
+    assert index.read_bytes() != before  # git did rewrite the index...
+    assert ws.foreign_changes() == []  # ...recording the same content
+    (ws.path / "notes.txt").write_text("staged\n")
+    git(ws.path, "add", "notes.txt")
+    index_and_object = ws.foreign_changes()
+    assert index_and_object[0] == ".git/index"
+    assert index_and_object[1].startswith(".git/objects/")
+    assert index_and_object[2:] == ["notes.txt"]
     git(ws.path, "config", "core.hooksPath", "/tmp/evil")
-    assert ws.foreign_changes() == [".git/config"]
+    assert ws.foreign_changes() == [".git/config", *index_and_object]
 
 
 def test_a_rewrite_that_keeps_size_and_mtime_is_still_seen(base: Base) -> None:

@@ -263,6 +263,8 @@ class Base:
     scratch: Path
     manifest: Mapping[str, str]
     fingerprints: Mapping[str, str]
+    staged: bytes = b""
+    """`git ls-files -s -z` of the base: what its index records, stat data aside."""
 
     @cached_property
     def folders(self) -> frozenset[str]:
@@ -281,9 +283,6 @@ class Base:
         """A fresh copy of this base for one attempt."""
         dest = self.scratch / f"ws-{next(_counter)}"
         _check_out(self.path, dest)
-        # Settle the copied index's stat data now: a `git status` run by the tests would
-        # otherwise rewrite `.git/index`, a change to `.git` that rejects the attempt.
-        _git(dest, "update-index", "-q", "--refresh", check=False)
         git_files = {
             f".git/{rel}": fp
             for rel in _stat_tree(dest / ".git", skip_git=False)
@@ -302,25 +301,26 @@ class Base:
                 err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
                 raise AgenticError(f"patch does not apply to the base: {err[-1] if err else ''}")
         _commit_base(dest)
-        return Base(self.root, dest, self.scratch, _manifest(dest), self.fingerprints)
+        manifest, staged = _manifest(dest)
+        return Base(self.root, dest, self.scratch, manifest, self.fingerprints, staged)
 
 
 def _check_out(base: Path, dest: Path) -> None:
     """A copy of a committed base: its small `.git` (one pack) copied, the files written by
-    `git checkout-index` from it, in one process. Measured faster than `cp -a` of the tree
-    and than `git worktree add` (whose `.git` file would name the base); without `-u` the
-    copied index is not rewritten, so the copy's `.git` equals the base's byte for byte."""
+    `git checkout-index` from it, in one process (a `git worktree add` would leave a `.git`
+    file naming the base, and `cp -a` copies file by file; see benchmarks/bench_workspace.py).
+    The copied index gets the new files' stat data (`-u`)."""
     dest.mkdir()
     shutil.copytree(base / ".git", dest / ".git", symlinks=True)
-    _git(dest, "checkout-index", "-a", "-f")
+    _git(dest, "checkout-index", "-a", "-f", "-u")
 
 
-def _manifest(top: Path) -> dict[str, str]:
+def _manifest(top: Path) -> tuple[dict[str, str], bytes]:
     """Every file of a committed base with its fingerprint: the work tree from git's index
     (object ids git computed when committing), the few files of `.git` hashed here."""
     out: dict[str, str] = {}
-    raw = _git(top, "ls-files", "-s", "-z").stdout.decode("utf-8", "surrogateescape")
-    for entry in raw.split("\0"):
+    staged = _git(top, "ls-files", "-s", "-z").stdout
+    for entry in staged.decode("utf-8", "surrogateescape").split("\0"):
         if not entry:
             continue
         meta, rel = entry.split("\t", 1)
@@ -331,7 +331,7 @@ def _manifest(top: Path) -> dict[str, str]:
         fp = fingerprint(top / ".git" / rel)
         if fp is not None:
             out[".git/" + rel] = fp
-    return out
+    return out, staged
 
 
 def _commit_base(top: Path) -> None:
@@ -375,10 +375,10 @@ def snapshot_base(root: Path, scratch: Path) -> Base:
     ignores = [rel for rel in files if rel == ".gitignore" or rel.endswith("/.gitignore")]
     if ignores:
         _git(dest, "checkout-index", "-f", "-z", "--stdin", stdin=_nul(ignores))
-    manifest = _manifest(dest)
+    manifest, staged = _manifest(dest)
     # The base's bytes are the user's as the run began.
     fingerprints = {rel: fp for rel, fp in manifest.items() if not _in_git_dir(rel)}
-    return Base(root, dest, scratch, manifest, fingerprints)
+    return Base(root, dest, scratch, manifest, fingerprints, staged)
 
 
 def _nul(rels: Iterable[str]) -> bytes:
@@ -450,11 +450,24 @@ class Workspace:
         for rel in itertools.chain(self.base.fingerprints, self.git_files):
             if rel not in now:
                 changed[rel] = None
+        if ".git/index" in changed and self._index_only_restatted(changed):
+            del changed[".git/index"]
         ignored = set(_ignored(self.base.path, new))
         for rel in new:
             if rel not in ignored:
                 changed[rel] = fingerprint(self.path / rel)
         return changed, sorted(ignored)
+
+    def _index_only_restatted(self, changed: Mapping[str, str | None]) -> bool:
+        """Whether `.git/index`, the only change under `.git`, still records the base's
+        content: a `git status` by the tests refreshes stat data (git smudges racily clean
+        entries, so a later status rewrites the index). Asked only when nothing else in
+        `.git` changed, so the git run here reads the workspace's config as we wrote it."""
+        if any(_in_git_dir(rel) for rel in changed if rel != ".git/index"):
+            return False
+        env = {"GIT_DIR": str(self.path / ".git"), "GIT_INDEX_FILE": str(self.path / ".git/index")}
+        proc = _git(self.base.path, "ls-files", "-s", "-z", env=env, check=False)
+        return proc.returncode == 0 and proc.stdout == self.base.staged
 
     def changed_files(self) -> set[str]:
         """Files (outside `.git`) that differ from the base, by whatever means; ignored new
