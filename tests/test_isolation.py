@@ -331,3 +331,54 @@ def test_kill_9_with_four_workers_then_restore(
     assert list(tmp.iterdir()) == []
     assert not (repo / ".agentic/lock").exists()
     assert snapshot(repo) == before
+
+
+def test_a_fix_that_conflicts_with_an_earlier_one_is_tried_again_on_the_integrated_tree(
+    pytester: pytest.Pytester, repo: Path, fake_anthropic: FakeAnthropic
+) -> None:
+    # Adjacent lines: the two fixes, made side by side from the same copy, overlap.
+    (repo / "calc.py").write_text(
+        "def add(a, b):\n    return a - b\ndef mul(a, b):\n    return a * b + 1\n"
+    )
+    fix_mul = edit("calc.py", "return a * b + 1", "return a * b")
+    scripts = {
+        "tests/test_calc.py::test_add": [message(FIX), done()],
+        "tests/test_calc.py::test_mul": [message(fix_mul), done(), message(fix_mul), done()],
+    }
+    fake_anthropic.reply(*[conversations(scripts)] * 6)
+    result = pytester.runpytest("--agent-fix", "--agent-max-attempts", "2")
+    assert result.ret == 0, result.stdout.str()
+    failures = {f["nodeid"]: f for f in load_report(repo)["failures"]}
+    assert failures["tests/test_calc.py::test_add"]["attempts"] == 1
+    assert failures["tests/test_calc.py::test_mul"]["attempts"] == 2
+    retry = [r for r in fake_anthropic.requests if len(r.body["messages"][0]["content"]) > 1]
+    assert (
+        retry[0]
+        .body["messages"][0]["content"][-1]["text"]
+        .startswith(
+            "Attempt 1 did not fix it: its fix conflicts with the fixes integrated before it"
+        )
+    )
+    assert (repo / "calc.py").read_text() == (
+        "def add(a, b):\n    return a + b\ndef mul(a, b):\n    return a * b\n"
+    )
+
+
+def test_parallel_fixes_of_one_bug_are_integrated_once(
+    pytester: pytest.Pytester, repo: Path, fake_anthropic: FakeAnthropic
+) -> None:
+    (repo / "tests/test_more.py").write_text(
+        "from calc import add\n\n\ndef test_more():\n    assert add(1, 1) == 2\n"
+    )
+    other_fix = edit("calc.py", "return a - b", "return b + a")
+    scripts = {
+        "tests/test_calc.py::test_add": [message(FIX), done()],
+        "tests/test_more.py::test_more": [message(other_fix), done()],
+    }
+    fake_anthropic.reply(*[conversations(scripts)] * 4)
+    result = pytester.runpytest("--agent-fix")
+    assert result.ret == 0, result.stdout.str()
+    failures = {f["nodeid"]: f for f in load_report(repo)["failures"]}
+    assert failures["tests/test_more.py::test_more"]["reason"] == "fixed by an earlier fix"
+    assert failures["tests/test_more.py::test_more"]["outcome"] == "fixed"
+    assert (repo / "calc.py").read_text() == CALC.replace("a - b", "a + b")
