@@ -726,9 +726,6 @@ class FixSession:
         finally:
             if run is not None:
                 stop(run, jobs, children, restore=report.interrupted)
-        for job in jobs:
-            if job.journal is not None:
-                job.journal.keep()
         report.outcomes = outcomes(failures, flaky, jobs)
         usage = run.usage if run is not None else Usage()
         report.usage = {name: getattr(usage, name) for name in vars(usage)}
@@ -855,19 +852,21 @@ def verify(run: Run, jobs: list[Job]) -> None:
 
 
 def stop(run: Run, jobs: list[Job], children: set[int], restore: bool) -> None:
-    """Stop the workers, then (interrupted) put every integrated file back; remove every
-    workspace."""
+    """Stop the workers; put back a fix cut short while being written to the user's tree
+    (after an interrupt or a bug) and, interrupted, every integrated fix; remove every
+    workspace. The integrated fixes that stay have their journals kept."""
     run.cancel.set()
     if any(not f.done() for f in run.futures):
         _kill_new_children(children)  # re-runs in flight end now, not at their timeout
         wait(run.futures, timeout=STOP_GRACE_SECONDS)
-    if restore:
-        integrated = [job for job, _ in reversed(run.chain)]
-        # A job cut short while being written to the user's tree is the newest of all.
-        cut = [j for j in jobs if j.journal is not None and j not in integrated]
-        for job in cut + integrated:
-            _undo(run, job)
-            job.outcome, job.reason, job.files = "not_fixed", "interrupted", ()
+    integrated = [job for job, _ in reversed(run.chain)]
+    cut = [j for j in jobs if j.journal is not None and j not in integrated]
+    for job in cut + (integrated if restore else []):
+        _undo(run, job)
+        job.outcome, job.reason, job.files = "not_fixed", "interrupted", ()
+    for job in integrated:
+        if job.journal is not None:
+            job.journal.keep()
     run.close()
 
 
