@@ -96,7 +96,7 @@ def test_start_stop_and_list_in_dependency_order(repo: Path, capsys) -> None:
     ]
     assert (repo / ".agentic/active").read_text() == "deploy\n"
     assert (repo / ".agentic/.gitignore").read_text() == (
-        "/runs/\n/journal/\n/active\n/*.lock\n/workspaces/\n"
+        "/runs/\n/journal/\n/active\n/lock\n/workspaces/\n"
     )
     # Starting again does not add the ignore line twice.
     assert run(capsys, "task", "start", "deploy")[1].splitlines()[0].startswith("task 'deploy'")

@@ -86,7 +86,7 @@ def test_init_writes_every_file_from_facts(git_repo: GitRepo) -> None:
     # Bookkeeping is ignored in one place, .agentic/.gitignore; the top-level one is untouched.
     assert not (root / ".gitignore").exists()
     assert (root / ".agentic/.gitignore").read_text() == (
-        "/runs/\n/journal/\n/active\n/*.lock\n/workspaces/\n"
+        "/runs/\n/journal/\n/active\n/lock\n/workspaces/\n"
     )
 
 

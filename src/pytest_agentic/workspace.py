@@ -166,7 +166,7 @@ def restore_all(root: Path) -> list[str]:
 
 
 # Everything under .agentic/ that is not a task spec: one file says so, written once.
-BOOKKEEPING_IGNORE = "/runs/\n/journal/\n/active\n/*.lock\n/workspaces/\n"
+BOOKKEEPING_IGNORE = "/runs/\n/journal/\n/active\n/lock\n/workspaces/\n"
 
 
 def ignore_bookkeeping(root: Path, line: str = "") -> bool:
