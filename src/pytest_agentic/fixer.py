@@ -22,9 +22,12 @@ from typing import Any
 import pytest
 
 from pytest_agentic.agent import Conversation, Toolbox, Usage, converse
+from pytest_agentic.progress import LiveProgress, parse_refusal
 from pytest_agentic.report import (
     Outcome,
+    Refused,
     RunReport,
+    estimate_cost,
     new_run_dir,
     write_patch,
     write_report,
@@ -55,6 +58,7 @@ class Settings:
     task: Task | None
     api_timeout: float
     max_retries: int = 2
+    commit: bool = False
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,44 @@ class Progress:
     reason: str = ""
     files: list[str] = field(default_factory=list)
     journal: Journal | None = None
+    index: int = 0
+    refusals: list[Refused] = field(default_factory=list)
+    question: str = ""
+    fixed_by: str = ""
+    usage: Usage = field(default_factory=Usage)
+    patch: str = ""
+    diff: str = ""
+    commit: str = ""
+
+    def outcome_record(self) -> Outcome:
+        return Outcome(
+            self.failure.nodeid,
+            self.outcome,
+            self.attempts,
+            tuple(self.files),
+            self.reason,
+            refusals=tuple(self.refusals),
+            question=self.question,
+            fixed_by=self.fixed_by,
+            usage={name: getattr(self.usage, name) for name in vars(self.usage)},
+            patch=self.patch,
+            commit=self.commit,
+        )
+
+
+class _BothUsages:
+    """Counts a response's tokens for its failure and for the whole run."""
+
+    def __init__(self, *usages: Usage) -> None:
+        self.usages = usages
+
+    def add(self, usage: Any) -> None:
+        for target in self.usages:
+            target.add(usage)
+
+    @property
+    def total(self) -> int:
+        return self.usages[-1].total
 
 
 class FixSession:
@@ -115,6 +157,7 @@ class FixSession:
         self.usage = Usage()
         self.report: RunReport | None = None
         self.rerun_seconds = 0.0
+        self.progress = LiveProgress(lambda text: None)
 
     def _run(self, nodeids: Sequence[str]) -> RunResult:
         result = run_tests(nodeids, self.settings.rerun)
@@ -137,26 +180,58 @@ class FixSession:
             return  # interrupted, internal or usage errors, no tests: nothing to fix
         if not self.failures and self.settings.report is None:
             return
+        from pytest_agentic import progress
+
+        self.progress = progress.for_config(
+            self.config, spent=self._spent, dry_run=self.settings.dry_run
+        )
         with warnings.catch_warnings(), _sigterm_interrupts():
             # SDK warnings (a deprecated model name, an unclosed client) would become errors
             # in suites with `filterwarnings = error`; they are not the user's tests' business.
             warnings.simplefilter("ignore")
             self.report = self.run(list(self.failures.values()))
+        self.progress.close()
         if self.report.interrupted:
             session.exitstatus = pytest.ExitCode.INTERRUPTED
         elif all(o.outcome == "fixed" for o in self.report.outcomes):
             session.exitstatus = pytest.ExitCode.OK
         else:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        self.report.exit_status = int(session.exitstatus)
+        self._write_reports(self.report)
 
-    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if self.report is None or not (self.report.outcomes or self.report.interrupted):
+    def _spent(self) -> tuple[int, float]:
+        usage = {name: getattr(self.usage, name) for name in vars(self.usage)}
+        return self.usage.total, estimate_cost(self.settings.model, usage)
+
+    def _write_reports(self, report: RunReport) -> None:
+        from pytest_agentic.deliver import append_step_summary
+
+        paths = [
+            p
+            for p in (report.run_dir and report.run_dir / "report.json", self.settings.report)
+            if p is not None
+        ]
+        write_report(report, paths)
+        if report.outcomes:
+            problem = append_step_summary(report)
+            if problem:
+                self.progress("note", text=problem)
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        """The fix section goes last, after pytest's short summary (printed in its
+        `pytest_terminal_summary` wrapper, after every other plugin's summary) and after its
+        `N failed, M passed` line (printed in its `pytest_sessionfinish` wrapper): the last
+        lines on screen say what the fix loop did and which exit status follows."""
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        report = self.report
+        if reporter is None or report is None or not (report.outcomes or report.interrupted):
             return
-        terminalreporter.write_sep("=", "pytest-agentic fix")
-        if self.report.interrupted:
-            terminalreporter.write_line("interrupted: every file the fixer touched was restored")
-        for line in self.report.lines():
-            terminalreporter.write_line(line)
+        reporter.write_sep("=", "pytest-agentic fix")
+        for line in report.lines():
+            reporter.write_line(line)
+        fixed_all = report.exit_status == 0
+        reporter.write_line(report.result_line(), bold=True, green=fixed_all, red=not fixed_all)
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -171,20 +246,24 @@ class FixSession:
                 report.run_dir = new_run_dir(self.root)
                 self._confirm(progress)
                 pending = [p for p in progress.values() if p.outcome == "not_fixed"]
+                for index, item in enumerate(pending, start=1):
+                    item.index = index
                 client = None
                 try:
-                    for index, item in enumerate(pending, start=1):
+                    for item in pending:
+                        if item.fixed_by:
+                            continue
                         if self._over_budget():
                             item.outcome, item.reason = "skipped", "token budget spent"
-                            continue
-                        if kept and self._run([item.failure.nodeid]).passed([item.failure.nodeid]):
-                            item.outcome, item.reason = "fixed", "fixed by an earlier fix"
+                            self._verdict(item, len(pending))
                             continue
                         if client is None:
                             client = _make_client(settings)
-                        self._fix(client, index, item, report.run_dir)
+                        self._fix(client, item.index, item, report.run_dir, len(pending))
+                        self._verdict(item, len(pending))
                         if item.outcome == "fixed":
                             kept.append(item)
+                            self._mended_by(item, pending)
                 finally:
                     if client is not None:
                         client.close()
@@ -206,37 +285,85 @@ class FixSession:
                 item.journal.restore()  # the patches stay in the run folder
             else:
                 item.journal.keep()
-        report.outcomes = [
-            Outcome(p.failure.nodeid, p.outcome, p.attempts, tuple(p.files), p.reason)
-            for p in progress.values()
-        ]
+                if settings.commit:
+                    self._commit(item, progress)
+        report.outcomes = [p.outcome_record() for p in progress.values()]
         report.usage = {name: getattr(self.usage, name) for name in vars(self.usage)}
         report.seconds = {
             "fix_loop": round(time.perf_counter() - started, 3),
             "test_reruns": round(self.rerun_seconds, 3),
         }
-        paths = [
-            p
-            for p in (report.run_dir and report.run_dir / "report.json", settings.report)
-            if p is not None
-        ]
-        write_report(report, paths)
         return report
+
+    def _verdict(self, item: Progress, total: int) -> None:
+        self.progress(
+            "verdict",
+            nodeid=item.failure.nodeid,
+            index=item.index,
+            total=total,
+            outcome=item.outcome,
+            reason=item.reason,
+            attempts=item.attempts,
+            fixed_by=item.fixed_by,
+        )
+
+    def _mended_by(self, fixer: Progress, pending: list[Progress]) -> None:
+        """Failures not yet attempted that `fixer`'s fix repaired too: one re-run, and they
+        are reported `fixed by the fix for <node id>` instead of being sent to the model."""
+        waiting = [p for p in pending if p.attempts == 0 and p.outcome == "not_fixed"]
+        waiting = [p for p in waiting if not p.fixed_by and p is not fixer]
+        if not waiting:
+            return
+        result = self._run([p.failure.nodeid for p in waiting])
+        for item in waiting:
+            if result.passed([item.failure.nodeid]):
+                item.outcome, item.fixed_by = "fixed", fixer.failure.nodeid
+                self._verdict(item, len(pending))
+
+    def _commit(self, item: Progress, progress: dict[str, Progress]) -> None:
+        """`--agent-commit`: the kept fix becomes a commit of its own files only."""
+        from pytest_agentic.deliver import commit_fix
+        from pytest_agentic.errors import AgenticError
+
+        nodeid = item.failure.nodeid
+        also = [p.failure.nodeid for p in progress.values() if p.fixed_by == nodeid]
+        body = [
+            f"pytest-agentic kept this fix after re-running {nodeid}: it passes "
+            f"(attempt {item.attempts} of {self.settings.max_attempts}, "
+            f"model {self.settings.model}).",
+        ]
+        if item.reason:
+            body.append(item.reason)
+        if also:
+            body.append("It also fixes:\n" + "\n".join(f"- {n}" for n in also))
+        try:
+            item.commit = commit_fix(self.root, nodeid, item.diff, item.files, "\n\n".join(body))
+        except AgenticError as exc:
+            item.reason = str(exc)
+            self.progress("note", text=f"{nodeid}: {exc}")
+            return
+        self.progress("commit", nodeid=nodeid, index=item.index, sha=item.commit)
 
     def _confirm(self, progress: dict[str, Progress]) -> None:
         """Re-run every failure once; one that passes is flaky and never sent to the model."""
         nodeids = list(progress)
+        self.progress("confirm", count=len(nodeids))
         result = self._run(nodeids)
+        flaky = []
         for nodeid in nodeids:
             if result.outcomes.get(nodeid) == "passed":
                 progress[nodeid].outcome = "flaky"
                 progress[nodeid].reason = "passed on re-run"
+                flaky.append(nodeid)
+        self.progress("confirmed", confirmed=len(nodeids) - len(flaky), flaky=flaky)
 
     def _over_budget(self) -> bool:
         budget = self.settings.budget_tokens
         return budget is not None and self.usage.total >= budget
 
-    def _fix(self, client: Any, index: int, item: Progress, run_dir: Path | None) -> None:
+    def _fix(
+        self, client: Any, index: int, item: Progress, run_dir: Path | None, total: int = 0
+    ) -> None:
         import anthropic
 
         settings = self.settings
@@ -250,6 +377,21 @@ class FixSession:
         def rerun() -> str:
             return describe(self._run([nodeid]), [nodeid])
 
+        where = {"nodeid": nodeid, "index": index, "total": total}
+
+        def on_event(kind: str, **fields: Any) -> None:
+            if kind == "tool":
+                refusal = (
+                    parse_refusal(fields["result"], fields["input"])
+                    if (fields.get("is_error"))
+                    else None
+                )
+                if refusal is not None and Refused(*refusal) not in item.refusals:
+                    item.refusals.append(Refused(*refusal))
+                if fields.get("name") == "give_up":
+                    item.question = str(fields["input"].get("question", "")).strip()
+            self.progress(kind, **where, **fields)
+
         for attempt in range(1, settings.max_attempts + 1):
             if self._over_budget():
                 item.reason = item.reason or "token budget spent"
@@ -257,6 +399,7 @@ class FixSession:
                     item.outcome = "skipped"
                 return
             item.attempts = attempt
+            self.progress("attempt", **where, attempt=attempt, max_attempts=settings.max_attempts)
             journal = Journal(self.root, f"{os.getpid()}-{index}-{attempt}")
             item.journal = journal
             toolbox = Toolbox(self.root, policy, journal, rerun)
@@ -269,21 +412,28 @@ class FixSession:
                 first_message=message,
                 toolbox=toolbox,
                 max_turns=settings.max_turns,
-                usage=self.usage,
+                usage=_BothUsages(item.usage, self.usage),  # type: ignore[arg-type]
                 api_error=anthropic.APIError,
+                on_event=on_event,
             )
             if run_dir is not None:
                 write_transcript(run_dir, index, nodeid, attempt, conversation.transcript)
+            if conversation.ended in ("end_turn", "max_turns") and journal.touched:
+                self.progress("judge", **where)
             verdict, detail = self._judge(conversation, journal, nodeid)
             if not verdict:
                 item.outcome, item.reason = "fixed", ""
                 item.files = journal.touched
+                item.diff = journal.diff()
                 if run_dir is not None:
-                    write_patch(run_dir, index, nodeid, journal.diff())
+                    item.patch = write_patch(run_dir, index, nodeid, item.diff).name
                 return
             journal.restore()
             item.journal = None
             item.reason = verdict
+            if item.question:
+                # The question is reported on its own line and in the JSON `question`.
+                item.reason = item.reason.replace(f" (question: {item.question})", "")
             feedback = (
                 f"Attempt {attempt} did not fix it: {verdict}. Every change it made was "
                 "reverted. Try a different approach." + (f"\n```\n{detail}\n```" if detail else "")
@@ -332,6 +482,11 @@ class FixSession:
             last.outcome = "not_fixed"
             last.reason = f"its fix broke {', '.join(broken)} in the final verification; reverted"
             last.files = []
+            last.patch = ""
+            for item in progress.values():
+                if item.fixed_by == last.failure.nodeid:
+                    item.outcome, item.fixed_by = "not_fixed", ""
+                    item.reason = f"the fix for {last.failure.nodeid} that fixed it was reverted"
 
 
 @contextlib.contextmanager
