@@ -99,7 +99,7 @@ def tool_summary(name: str, params: Mapping[str, Any], result: str, is_error: bo
             "str_replace": "edit",
             "insert": "edit",
             "undo_edit": "undo",
-        }.get(command if isinstance(command, str) else "", str(command))
+        }.get(command if isinstance(command, str) else "", "editor")
         line = f"{verb} {where}"
     elif name == "run_tests":
         return f"run_tests → {tests_summary(result)}"
@@ -266,10 +266,16 @@ def for_config(
         return LiveProgress(_discard)
     verbosity = int(config.get_verbosity()) if hasattr(config, "get_verbosity") else 0
 
+    ours = {"open": False}  # the cursor is after a line of ours that the next one replaces
+
     def write(text: str) -> None:
-        # pytest leaves the cursor after the test dots ("tests/x.py F.  [100%]").
+        # pytest leaves the cursor after the test dots ("tests/x.py F.  [100%]"; with -q
+        # only "F.  [100%]", which `ensure_newline` does not know about).
         reporter.ensure_newline()
+        if reporter._tw.width_of_current_line and not ours["open"]:
+            reporter.write("\n")
         reporter.write(text, flush=True)
+        ours["open"] = not text.endswith("\n")
 
     width = max(20, int(reporter._tw.fullwidth) - 1) if reporter.isatty() else None
     return LiveProgress(
