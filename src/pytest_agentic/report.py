@@ -276,7 +276,7 @@ def _md_escape(text: str) -> str:
     """Model-written text as plain text in markdown: no HTML, links, images or @mentions."""
     text = " ".join(str(text).split())
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return re.sub(r"([\\`*_{}\[\]()#+!|~@])", r"\\\1", text)
+    return re.sub(r"([\\`*_\[\]#!|~@])", r"\\\1", text)
 
 
 def new_run_dir(root: Path) -> Path:
