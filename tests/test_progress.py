@@ -294,3 +294,22 @@ def test_progress_comes_before_the_failures_section_not_after_minutes_of_silence
         proc.wait(timeout=120)
     assert "[1/1] tests/test_calc.py::test_add attempt 1/3" in seen
     assert "FAILURES" not in seen
+
+
+def test_the_last_line_states_the_exit_status_the_shell_sees(
+    pytester: pytest.Pytester, project: Path, fake_anthropic: FakeAnthropic
+) -> None:
+    """pytest's `--max-warnings` changes the exit status after every plugin's
+    `pytest_sessionfinish`; the last line and the report follow it."""
+    pytester.makepyprojecttoml('[tool.pytest.ini_options]\npythonpath = ["."]\n')
+    (project / "tests/test_more.py").write_text(
+        "import warnings\n\n\ndef test_warns():\n    warnings.warn(UserWarning('x'))\n"
+    )
+    fake_anthropic.reply(message(FIX), done())
+    result = pytester.runpytest("--agent-fix", "--max-warnings", "0", "-W", "default::UserWarning")
+    assert result.ret not in (0, 1)
+    assert result.stdout.lines[-1] == (
+        f"pytest-agentic: 1 of 1 failure fixed — exit {int(result.ret)}"
+    )
+    (report,) = project.glob(".agentic/runs/*/report.json")
+    assert json.loads(report.read_text())["exit_status"] == int(result.ret)

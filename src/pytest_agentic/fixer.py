@@ -198,6 +198,7 @@ class FixSession:
         else:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
         self.report.exit_status = int(session.exitstatus)
+        self.session = session
         self._write_reports(self.report)
 
     def _spent(self) -> tuple[int, float]:
@@ -205,27 +206,35 @@ class FixSession:
         return self.usage.total, estimate_cost(self.settings.model, usage)
 
     def _write_reports(self, report: RunReport) -> None:
-        from pytest_agentic.deliver import append_step_summary
-
         paths = [
             p
             for p in (report.run_dir and report.run_dir / "report.json", self.settings.report)
             if p is not None
         ]
         write_report(report, paths)
-        if report.outcomes:
-            problem = append_step_summary(report)
-            if problem:
-                self.progress("note", text=problem)
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         """The fix section goes last, after pytest's short summary (printed in its
         `pytest_terminal_summary` wrapper, after every other plugin's summary) and after its
         `N failed, M passed` line (printed in its `pytest_sessionfinish` wrapper): the last
         lines on screen say what the fix loop did and which exit status follows."""
-        reporter = config.pluginmanager.get_plugin("terminalreporter")
         report = self.report
-        if reporter is None or report is None or not (report.outcomes or report.interrupted):
+        session = getattr(self, "session", None)
+        if report is None or session is None:
+            return
+        if int(session.exitstatus) != report.exit_status:
+            # A plugin after us changed it (pytest's own `--max-warnings` does, after every
+            # `pytest_sessionfinish`): the last line and the report say what the shell sees.
+            report.exit_status = int(session.exitstatus)
+            self._write_reports(report)
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if report.outcomes:
+            from pytest_agentic.deliver import append_step_summary
+
+            problem = append_step_summary(report)
+            if problem and reporter is not None:
+                reporter.write_line(f"pytest-agentic: {problem}")
+        if reporter is None or not (report.outcomes or report.interrupted):
             return
         reporter.write_sep("=", "pytest-agentic fix")
         for line in report.lines():
