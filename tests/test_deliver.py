@@ -354,3 +354,70 @@ def test_a_step_summary_that_cannot_be_written_is_one_line(
     assert problem == f"$GITHUB_STEP_SUMMARY: cannot append to {tmp_path}: Is a directory"
     monkeypatch.delenv("GITHUB_STEP_SUMMARY")
     assert append_step_summary(RunReport()) is None
+
+
+def test_a_transcript_reads_as_text_and_long_results_are_cut() -> None:
+    from pytest_agentic.report import render_transcript
+
+    view = {"command": "view", "path": "calc.py"}
+    attack = {"command": "create", "path": "tests/t.py", "file_text": "x"}
+    transcript = [
+        {"role": "user", "content": [{"type": "text", "text": "Fix it:\n- t.py::test_a"}]},
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "text", "text": "Looking."},
+                {
+                    "type": "tool_use",
+                    "id": "1",
+                    "name": "str_replace_based_edit_tool",
+                    "input": view,
+                },
+                {
+                    "type": "tool_use",
+                    "id": "2",
+                    "name": "str_replace_based_edit_tool",
+                    "input": attack,
+                },
+                {"type": "tool_use", "id": "3", "name": "run_tests", "input": {}},
+                "junk",
+            ],
+        },
+        {
+            "role": "user",
+            "content": [
+                {
+                    "type": "tool_result",
+                    "tool_use_id": "1",
+                    "content": "\n".join(f"{n:6}\tline {n}" for n in range(1, 3000)),
+                },
+                {
+                    "type": "tool_result",
+                    "tool_use_id": "2",
+                    "content": "refused: tests/t.py: protected (x). The file was not changed.",
+                    "is_error": True,
+                },
+                {
+                    "type": "tool_result",
+                    "tool_use_id": "3",
+                    "content": "Still failing.\n1 failed in 0.1s",
+                },
+            ],
+        },
+        None,
+    ]
+    text = render_transcript(transcript)
+    assert text.splitlines()[:7] == [
+        "--- user",
+        "Fix it:",
+        "- t.py::test_a",
+        "--- assistant",
+        "Looking.",
+        "→ view calc.py",
+        "→ create tests/t.py",
+    ]
+    assert "→ run_tests\n" in text
+    assert "← view calc.py\n        1\tline 1\n" in text
+    assert "line 9\n" not in text and "[... " in text  # cut after 8 lines
+    assert "← refused tests/t.py: protected\n   refused: tests/t.py" in text
+    assert "← run_tests → 1 failed\n" in text

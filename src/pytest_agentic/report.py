@@ -399,7 +399,9 @@ def render_transcript(messages: Sequence[Any]) -> str:
                 name, params = calls.get(str(block.get("tool_use_id")), ("?", {}))
                 text = _result_text(block.get("content"))
                 error = bool(block.get("is_error"))
-                head = f"← {tool_summary(name, params, text, error)}" + (" (error)" * error)
+                words = tool_summary(name, params, text, error)
+                plain = not words.startswith("refused") and " failed: " not in words
+                head = f"← {words}" + (" (error)" if error and plain else "")
                 out.append(head)
                 out += ["   " + line for line in _cut(text)]
             elif kind == "thinking":
@@ -408,6 +410,8 @@ def render_transcript(messages: Sequence[Any]) -> str:
 
 
 def _call_words(name: str, params: dict[str, Any]) -> str:
+    if name == "run_tests":
+        return "run_tests"
     words = tool_summary(name, params, "", False)
     if name == "str_replace_based_edit_tool" and params.get("command") in ("str_replace",):
         old, new = str(params.get("old_str", "")), str(params.get("new_str", ""))
