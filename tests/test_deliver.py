@@ -62,7 +62,8 @@ def test_markdown_report_step_summary_and_transcript(
         "give_up", reason="2*2 is 4 | `the test` is wrong", question=HOSTILE_QUESTION
     )
     fake_anthropic.reply(message(text("Subtraction, not addition."), FIX), done(), message(give_up))
-    result = pytester.runpytest("--agent-fix")
+    # One worker: the scripted replies are consumed in order.
+    result = pytester.runpytest("--agent-fix", "--agent-workers", "1")
     assert result.ret == 1
     result.stdout.fnmatch_lines(
         [
@@ -80,7 +81,8 @@ def test_markdown_report_step_summary_and_transcript(
     assert "| failure | verdict | attempts | tokens | cost |" in lines
     row = next(line for line in lines if line.startswith("| `tests/test_calc.py::test_add`"))
     assert "| fixed in 1 attempt | 1 |" in row and "| $0.0" in row
-    assert "```diff\n--- a/calc.py\n+++ b/calc.py\n" in body
+    diff = body.split("```diff\n", 1)[1].split("```", 1)[0]
+    assert "--- a/calc.py\n+++ b/calc.py\n" in diff
     assert "-    return a - b\n+    return a + b\n \n \n def mul(a, b):\n```" in body
     # Model-written text is inert in a PR body: no mention, image, link or HTML.
     assert "@octocat" not in body.replace("\\@octocat", "")
@@ -197,7 +199,8 @@ def test_agent_commit_makes_one_commit_per_fix_with_only_its_files(
     fake_anthropic.reply(
         message(FIX), done(), message(edit("text.py", "s.lower()", "s.upper()")), done()
     )
-    result = pytester.runpytest("--agent-fix", "--agent-commit")
+    # One worker: the scripted replies are consumed in order.
+    result = pytester.runpytest("--agent-fix", "--agent-workers", "1", "--agent-commit")
     assert result.ret == 0
     log = git(project, "log", "--format=%H %s", f"{base}..HEAD").splitlines()
     assert [line.split(" ", 1)[1] for line in log] == [

@@ -42,7 +42,8 @@ def test_progress_lines_and_the_last_screen_in_ci(
     fake_anthropic.reply(
         message(text("The operator is wrong."), VIEW, WEAKEN, FIX, tool_use("run_tests")), done()
     )
-    result = pytester.runpytest("--agent-fix")
+    # One worker: the scripted replies are consumed in order.
+    result = pytester.runpytest("--agent-fix", "--agent-workers", "1")
     assert result.ret == 0
     lines = result.stdout.lines
     # Not a terminal: every event is a plain line, in order, right after the test dots.

@@ -1,8 +1,22 @@
-"""The fix session: collect failures, confirm them, run bounded attempts, verify, report.
+"""The fix session: plan, dispatch, validate, integrate, verify, report (DESIGN.md's data flow).
 
 Registered by `plugin.py` only with `--agent-fix` and only in the controller process (under
-pytest-xdist the workers just run tests; their reports reach the controller). Importing this
-module imports `anthropic` lazily, when the first failure is dispatched.
+pytest-xdist the workers just run tests; their reports reach the controller). `anthropic` is
+imported lazily, when the first failure is dispatched.
+
+- plan: confirmed failures that share a cause (innermost project frame and error type) form
+  one job, one conversation; every other failure is a job of its own.
+- dispatch: up to `workers` jobs at once, on threads (the work is API calls and subprocesses).
+  Every attempt gets its own workspace, a copy of the project as the run began plus the fixes
+  integrated so far (`sandbox.py`); the agent's tools and every re-run work there, never in
+  the user's tree. The shared prompt prefix (tools, system prompt) is cached by one request
+  before the others go out.
+- validate: `judge` decides an attempt, after sandboxed re-runs each followed by the integrity
+  check (files changed by anything but the editor reject the attempt).
+- integrate: on the main thread, one kept fix at a time in node-id order: re-verified on the
+  integrated state, then written to the user's tree journalled (`workspace.Journal`), unless
+  the user changed one of its files since the run began (their version wins; the patch is
+  saved). A fix that no longer applies or breaks an earlier one goes back as a new attempt.
 """
 
 from __future__ import annotations
@@ -10,18 +24,23 @@ from __future__ import annotations
 import ast
 import contextlib
 import os
+import re
 import signal
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pytest_agentic.agent import Conversation, Toolbox, Usage, converse
+from pytest_agentic.agent import EDITOR_TOOL, Conversation, Toolbox, Usage, converse
+from pytest_agentic.atomic import write_atomic
+from pytest_agentic.errors import AgenticError
+from pytest_agentic.plugin import RUN_LOCK
 from pytest_agentic.progress import LiveProgress, parse_refusal
 from pytest_agentic.report import (
     Outcome,
@@ -34,6 +53,7 @@ from pytest_agentic.report import (
     write_transcript,
 )
 from pytest_agentic.runner import RerunSettings, RunResult, run_tests
+from pytest_agentic.sandbox import Base, Workspace, acquire_lock, fingerprint, snapshot_base
 from pytest_agentic.scope import PathPolicy
 from pytest_agentic.tasks import Task
 from pytest_agentic.workspace import Journal
@@ -41,6 +61,10 @@ from pytest_agentic.workspace import Journal
 CONTEXT_LINES = 12
 MAX_FRAMES = 6
 MAX_IMPORTED_LINES = 300
+# How long an interrupted run waits for its workers to reach their next step; a worker still
+# inside an API request after that is abandoned (a daemon thread: it never touches the user's
+# tree, and its workspace is removed here).
+STOP_GRACE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -58,6 +82,7 @@ class Settings:
     task: Task | None
     api_timeout: float
     max_retries: int = 2
+    workers: int = 4
     commit: bool = False
 
 
@@ -71,6 +96,7 @@ class Failure:
     path: str | None = None
     lineno: int | None = None
     frames: tuple[tuple[str, int], ...] = ()
+    error: str = ""  # the exception's type name, as pytest's crash line shows it
 
 
 def failure_from_report(report: pytest.TestReport) -> Failure:
@@ -85,6 +111,8 @@ def failure_from_report(report: pytest.TestReport) -> Failure:
             loc = getattr(entry, "reprfileloc", None)
             if loc is not None and isinstance(getattr(loc, "lineno", None), int):
                 frames.append((str(loc.path), int(loc.lineno)))
+    crash = getattr(longrepr, "reprcrash", None)
+    crash_line = (str(getattr(crash, "message", "") or "").splitlines() or [""])[0]
     path, lineno, _ = report.location
     return Failure(
         nodeid=report.nodeid,
@@ -93,78 +121,562 @@ def failure_from_report(report: pytest.TestReport) -> Failure:
         path=path,
         lineno=(lineno + 1) if isinstance(lineno, int) else None,
         frames=tuple(frames),
+        error=_error_type(crash_line),
     )
 
 
-@dataclass
-class Progress:
-    """What happened to one failure so far."""
+def _error_type(crash_line: str) -> str:
+    # "ZeroDivisionError: division by zero", "mod.Error", or a rewritten "assert x == y".
+    match = re.match(r"[A-Za-z_][\w.]*(?=:|$)", crash_line)
+    return match.group(0) if match else "AssertionError"
 
-    failure: Failure
+
+# --- plan -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    """One conversation's worth of work: failures that share a cause, and what became of them.
+
+    Owned by the worker thread while an attempt runs, by the main thread otherwise."""
+
+    index: int
+    failures: tuple[Failure, ...]
+    context: list[dict[str, Any]] = field(default_factory=list)  # the first message
     attempts: int = 0
     outcome: str = "not_fixed"
     reason: str = ""
-    files: list[str] = field(default_factory=list)
-    journal: Journal | None = None
-    index: int = 0
+    files: tuple[str, ...] = ()
+    feedback: str = ""
+    journal: Journal | None = None  # the integration into the user's tree, until kept
+    # What a person acts on (issue 11): edits refused, the agent's question, tokens spent,
+    # the kept patch (its file in the run folder and its text), the commit made of it, and
+    # the job whose fix mended this one before it was tried.
     refusals: list[Refused] = field(default_factory=list)
     question: str = ""
-    fixed_by: str = ""
     usage: Usage = field(default_factory=Usage)
     patch: str = ""
     diff: str = ""
     commit: str = ""
-
-    def outcome_record(self) -> Outcome:
-        return Outcome(
-            self.failure.nodeid,
-            self.outcome,
-            self.attempts,
-            tuple(self.files),
-            self.reason,
-            refusals=tuple(self.refusals),
-            question=self.question,
-            fixed_by=self.fixed_by,
-            usage={name: getattr(self.usage, name) for name in vars(self.usage)},
-            patch=self.patch,
-            commit=self.commit,
-        )
-
-
-class _BothUsages:
-    """Counts a response's tokens for its failure and for the whole run."""
-
-    def __init__(self, *usages: Usage) -> None:
-        self.usages = usages
-
-    def add(self, usage: Any) -> None:
-        for target in self.usages:
-            target.add(usage)
+    fixed_by: str = ""
 
     @property
-    def total(self) -> int:
-        return self.usages[-1].total
+    def nodeids(self) -> list[str]:
+        return [f.nodeid for f in self.failures]
+
+    def heard(self, kind: str, fields: dict[str, Any]) -> None:
+        """Keep what the tool calls showed: refusals and a give-up question."""
+        if kind != "tool":
+            return
+        raw = fields.get("input")
+        params: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        if fields.get("is_error"):
+            refusal = parse_refusal(str(fields.get("result", "")), params)
+            if refusal is not None and Refused(*refusal) not in self.refusals:
+                self.refusals.append(Refused(*refusal))
+        if fields.get("name") == "give_up":
+            self.question = str(params.get("question", "")).strip()
+
+    def outcomes(self) -> list[Outcome]:
+        """One entry per node id; the others of a job read `fixed by the fix for` its first."""
+        first = self.nodeids[0]
+        reason = self.reason
+        if self.question:  # reported on its own line and in the JSON `question`
+            reason = reason.replace(f" (question: {self.question})", "")
+        usage = {name: getattr(self.usage, name) for name in vars(self.usage)}
+        return [
+            Outcome(
+                nodeid,
+                self.outcome,
+                self.attempts,
+                self.files if nodeid == first else (),
+                reason,
+                refusals=tuple(self.refusals) if nodeid == first else (),
+                question=self.question if nodeid == first else "",
+                fixed_by=self.fixed_by
+                or (first if nodeid != first and self.outcome == "fixed" else ""),
+                usage=usage if nodeid == first else {},
+                patch=self.patch if nodeid == first else "",
+                commit=self.commit if nodeid == first else "",
+            )
+            for nodeid in self.nodeids
+        ]
+
+
+def cause(root: Path, failure: Failure) -> tuple[str, ...]:
+    """What a failure is grouped by: its innermost project frame and its error type; a
+    failure without a project frame is a cause of its own."""
+    for path, lineno in reversed(failure.frames):
+        full = Path(path) if os.path.isabs(path) else root / path
+        try:
+            rel = full.resolve().relative_to(root.resolve()).as_posix()
+        except (ValueError, OSError):
+            continue
+        if "site-packages" not in rel and not rel.startswith((".venv/", "venv/")):
+            return (rel, str(lineno), failure.error)
+    return ("", failure.nodeid)
+
+
+def plan(root: Path, failures: Sequence[Failure]) -> list[Job]:
+    """Jobs in node-id order (the order fixes are integrated in)."""
+    groups: dict[tuple[str, ...], list[Failure]] = {}
+    for failure in sorted(failures, key=lambda f: f.nodeid):
+        groups.setdefault(cause(root, failure), []).append(failure)
+    return [Job(i, tuple(group)) for i, group in enumerate(groups.values(), start=1)]
+
+
+# --- the run's shared state -------------------------------------------------------------------
+
+
+class Cancelled(BaseException):
+    """The run was interrupted: a worker stops at its next step. A BaseException, like
+    KeyboardInterrupt, so no `except Exception` on the way swallows it."""
+
+
+class Tainted(BaseException):
+    """A re-run changed files the editor did not write: the attempt is rejected at once."""
+
+    def __init__(self, files: Sequence[str]) -> None:
+        super().__init__(", ".join(files))
+        self.files = list(files)
+
+
+def _no_event(kind: str, **fields: Any) -> None:
+    pass
+
+
+class Run:
+    """What every thread of one fix run shares: settings, the integrated base, the client,
+    token totals, the cancel flag and the workspaces to remove."""
+
+    def __init__(
+        self,
+        root: Path,
+        settings: Settings,
+        base: Base,
+        run_dir: Path | None,
+        on_event: Callable[..., None],
+    ) -> None:
+        self.root = root
+        self.settings = settings
+        self.base = base
+        self.integrated = base  # the base plus every fix integrated so far
+        self.chain: list[tuple[Job, Base]] = []  # each integrated job, the state after it
+        self.written: dict[str, str | None] = {}  # what we left in the user's files
+        self.run_dir = run_dir
+        self.on_event = on_event
+        self.usage = Usage()
+        self.rerun_seconds = 0.0
+        self.cancel = threading.Event()
+        self.primed = threading.Event()
+        self._primer_taken = False
+        self._lock = threading.Lock()
+        self._workspaces: dict[int, Workspace] = {}
+        self.futures: list[Future[Fix | None]] = []
+        self._client: Any = None
+
+    # --- resources ---
+
+    def client(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                self._client = _make_client(self.settings)
+            return self._client
+
+    def workspace(self, base: Base | None = None) -> Workspace:
+        self.check_cancel()
+        ws = (base or self.integrated).workspace()
+        with self._lock:
+            self._workspaces[id(ws)] = ws
+        if self.cancel.is_set():  # interrupted while copying: the cleanup may have run
+            self.discard(ws)
+            raise Cancelled
+        return ws
+
+    def discard(self, ws: Workspace) -> None:
+        with self._lock:
+            self._workspaces.pop(id(ws), None)
+        ws.remove()
+
+    def close(self) -> None:
+        """Remove every workspace and close the client (also after an interrupt)."""
+        with self._lock:
+            left = list(self._workspaces.values())
+            self._workspaces.clear()
+            client, self._client = self._client, None
+        for ws in left:
+            ws.remove()
+        if client is not None:
+            client.close()
+
+    # --- accounting ---
+
+    def check_cancel(self) -> None:
+        if self.cancel.is_set():
+            raise Cancelled
+
+    def add_usage(self, usage: Usage) -> None:
+        with self._lock:
+            for name in vars(usage):
+                setattr(self.usage, name, getattr(self.usage, name) + getattr(usage, name))
+
+    def over_budget(self) -> bool:
+        budget = self.settings.budget_tokens
+        with self._lock:
+            return budget is not None and self.usage.total >= budget
+
+    def rerun(self, nodeids: Sequence[str], ws: Workspace | None) -> RunResult:
+        """Re-run `nodeids` in `ws` (sandboxed), or in the user's tree before any agent code."""
+        self.check_cancel()
+        result = run_tests(nodeids, self.settings.rerun, workspace=ws)
+        with self._lock:
+            self.rerun_seconds += result.seconds
+        self.check_cancel()
+        return result
+
+    def user_changed(self, rel: str) -> bool:
+        """Whether the user's `rel` differs from what the run began with (or last wrote)."""
+        expected = self.written[rel] if rel in self.written else self.base.fingerprints.get(rel)
+        return fingerprint(self.root / rel) != expected
+
+    def take_primer(self) -> bool:
+        """True for the run's very first request: it goes out alone and caches the prefix."""
+        with self._lock:
+            first, self._primer_taken = not self._primer_taken, True
+            return first
+
+
+class _Client:
+    """The SDK client as one attempt sees it: checks the cancel flag before each request, lets
+    the run's first request cache the shared prefix before any other goes out, and keeps the
+    conversation so far for the transcript of an attempt cut short."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.messages = self
+        self.transcript: list[dict[str, Any]] = []
+
+    def create(self, **request: Any) -> Any:
+        run = self.run
+        run.check_cancel()
+        primer = not run.primed.is_set() and run.take_primer()
+        while not primer and not run.primed.wait(0.1):
+            run.check_cancel()
+        try:
+            response = run.client().messages.create(**request)
+        finally:
+            if primer:
+                run.primed.set()
+        assistant = [block.to_dict() for block in response.content]
+        self.transcript = [*request["messages"], {"role": "assistant", "content": assistant}]
+        return response
+
+
+class _EditLog(Journal):
+    """The editor's record in a workspace: which files it wrote. No originals are saved: the
+    workspace is thrown away, never restored."""
+
+    def save(self, rel: str) -> None:
+        self.entries.setdefault(rel, len(self.entries))
+
+
+class _AttemptTools(Toolbox):
+    """The agent's tools rooted at the workspace: each call checks the cancel flag first, and
+    every editor write is recorded for the integrity check."""
+
+    def __init__(self, run: Run, ws: Workspace, rerun: Callable[[], str]) -> None:
+        settings = run.settings
+        policy = PathPolicy(
+            ws.path, task=settings.task, protected=settings.protected, for_agent=True
+        )
+        super().__init__(ws.path, policy, _EditLog(ws.path, "editor"), rerun)
+        self.ws = ws
+        self.run = run
+
+    def call(self, name: str, params: dict[str, Any]) -> tuple[str, bool]:
+        self.run.check_cancel()
+        try:
+            return super().call(name, params)
+        finally:
+            if name == EDITOR_TOOL["name"]:
+                for rel in self.journal.touched:
+                    self.ws.note_edit(rel)
+
+
+# --- one attempt ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The judgement of one attempt: kept or not, why (one line), and what the next attempt
+    is told. `final`: no further attempt (the agent gave up)."""
+
+    kept: bool
+    reason: str = ""
+    detail: str = ""
+    final: bool = False
+
+
+@dataclass(frozen=True)
+class Fix:
+    """A kept attempt's change: the editor's files as a git patch against its workspace's base."""
+
+    patch: str
+    files: tuple[str, ...]
+
+
+def checked_rerun(run: Run, ws: Workspace, nodeids: Sequence[str]) -> RunResult:
+    """A sandboxed re-run in the workspace, then the integrity check: anything but the editor
+    changing a file (tracked, protected, `.git`) raises `Tainted`."""
+    result = run.rerun(nodeids, ws)
+    foreign = ws.foreign_changes()
+    if foreign:
+        raise Tainted(foreign)
+    return result
+
+
+def judge(
+    run: Run, conversation: Conversation, ws: Workspace, files: Sequence[str], nodeids: list[str]
+) -> Verdict:
+    """The one place an attempt is judged; the validation gate (regression, tamper, diff
+    budget, project checks, reviewer) plugs in after the target tests pass."""
+    if conversation.ended == "tainted":
+        return Verdict(False, conversation.reason)
+    if conversation.ended == "api_error":
+        return Verdict(False, conversation.reason)
+    if conversation.ended == "gave_up":
+        return Verdict(False, f"the agent gave up: {conversation.reason}", final=True)
+    if not ws.diff(files).strip():
+        return Verdict(False, "the agent changed no file")
+    try:
+        result = checked_rerun(run, ws, nodeids)
+    except Tainted as exc:
+        return Verdict(False, _tainted(exc))
+    if result.passed(nodeids):
+        return Verdict(True)
+    summary = next(
+        (
+            line
+            for line in reversed(result.output.splitlines())
+            if line.startswith(("FAILED", "ERROR"))
+        ),
+        "timed out" if result.timed_out else "",
+    )
+    why = "the test still fails" + (f": {summary}" if summary else "")
+    if conversation.ended == "max_turns":
+        why = f"{conversation.reason}, and {why}"
+    return Verdict(False, why, result.output[-4000:])
+
+
+def _tainted(exc: Tainted) -> str:
+    return (
+        "running the tests changed files the editor did not write "
+        f"({', '.join(exc.files)}); the attempt was rejected"
+    )
+
+
+def attempt(run: Run, job: Job) -> tuple[Fix | None, Verdict]:
+    """One attempt of `job` in a fresh workspace of the integrated state; the workspace is
+    removed whatever happens."""
+    import anthropic
+
+    settings = run.settings
+    nodeids = job.nodeids
+    ws = run.workspace()
+    try:
+
+        def for_the_model() -> str:
+            return describe(checked_rerun(run, ws, nodeids), nodeids)
+
+        tools = _AttemptTools(run, ws, for_the_model)
+        client = _Client(run)
+        usage = Usage()
+        message = list(job.context)
+        if job.feedback:
+            message.append({"type": "text", "text": job.feedback})
+        try:
+            conversation = converse(
+                client,
+                model=settings.model,
+                first_message=message,
+                toolbox=tools,
+                max_turns=settings.max_turns,
+                usage=usage,
+                api_error=anthropic.APIError,
+                on_event=lambda kind, **fields: run.on_event(kind, job=job, **fields),
+            )
+        except Tainted as exc:
+            conversation = Conversation("tainted", _tainted(exc), client.transcript)
+        finally:
+            run.add_usage(usage)
+            job.usage.add(usage)
+        if run.run_dir is not None:
+            write_transcript(
+                run.run_dir, job.index, nodeids[0], job.attempts, conversation.transcript
+            )
+        files = tools.journal.touched
+        if conversation.ended in ("end_turn", "max_turns") and files:
+            run.on_event("judge", job=job)  # the re-run that decides can take a while
+        verdict = judge(run, conversation, ws, files, nodeids)
+        if not verdict.kept:
+            return None, verdict
+        return Fix(ws.diff(files), tuple(files)), verdict
+    finally:
+        run.discard(ws)
+
+
+def work(run: Run, job: Job) -> Fix | None:
+    """Attempts until one is kept, the agent gives up or `max_attempts` are spent (a worker)."""
+    try:
+        while job.attempts < run.settings.max_attempts:
+            if run.over_budget():
+                job.reason = job.reason or "token budget spent"
+                if job.attempts == 0:
+                    job.outcome = "skipped"
+                return None
+            job.attempts += 1
+            run.on_event("attempt", job=job, attempt=job.attempts)
+            fix, verdict = attempt(run, job)
+            run.on_event("judged", job=job, attempt=job.attempts, verdict=verdict)
+            if fix is not None:
+                return fix
+            job.reason = verdict.reason
+            job.feedback = feedback(job.attempts, verdict.reason, verdict.detail)
+            if verdict.final:
+                return None
+        return None
+    finally:
+        run.primed.set()  # a job that never sent a request must not hold the others back
+
+
+def feedback(attempt: int, reason: str, detail: str = "") -> str:
+    return (
+        f"Attempt {attempt} did not fix it: {reason}. Its changes were discarded; you start "
+        "again from the code as it was. Try a different approach."
+        + (f"\n```\n{detail}\n```" if detail else "")
+    )
+
+
+# --- integrate --------------------------------------------------------------------------------
+
+
+def integrate(run: Run, job: Job, fix: Fix, fixed_before: list[str]) -> str | None:
+    """Apply a kept fix on top of the integrated state: None when it is in (or the user's
+    version won, or an earlier fix already mended it), else why it must be tried again.
+
+    Re-verified first on the integrated state with the fix applied (sandboxed, together with
+    every test fixed before); only then written to the user's tree, journalled.
+    """
+    try:
+        candidate = run.integrated.derive(fix.patch)
+    except AgenticError:
+        if _passes(run, run.integrated, job.nodeids):
+            job.outcome, job.fixed_by = "fixed", mender(run, job.nodeids)
+            return None
+        return "its fix conflicts with the fixes integrated before it; not integrated"
+    nodeids = [*job.nodeids, *fixed_before]
+    ws = run.workspace(candidate)
+    try:
+        result = checked_rerun(run, ws, nodeids)
+    except Tainted as exc:
+        return _tainted(exc)
+    finally:
+        run.discard(ws)
+    broken = [n for n in fixed_before if n in result.failing(nodeids)]
+    if broken:
+        return f"its fix broke {', '.join(broken)}, fixed before it; not integrated"
+    if not result.passed(nodeids):
+        return "its fix no longer makes the test pass on top of the fixes integrated before it"
+    patch_path = (
+        write_patch(run.run_dir, job.index, job.nodeids[0], fix.patch)
+        if run.run_dir is not None
+        else None
+    )
+    if not run.settings.dry_run:
+        theirs = [rel for rel in fix.files if run.user_changed(rel)]
+        if theirs:
+            job.outcome = "not_fixed"
+            job.reason = (
+                f"you changed {', '.join(theirs)} during the run: your version was kept; "
+                f"the fix is saved as {patch_path}"
+            )
+            run.on_event("user_won", job=job, files=theirs, patch=patch_path)
+            return None
+        job.journal = Journal(run.root, f"{os.getpid()}-{job.index}")
+        for rel in fix.files:
+            _write_user_file(run, job.journal, rel, candidate.path / rel)
+    run.chain.append((job, candidate))
+    run.integrated = candidate
+    job.outcome, job.reason, job.files = "fixed", "", fix.files
+    job.patch, job.diff = (patch_path.name if patch_path else ""), fix.patch
+    run.on_event("integrated", job=job, patch=patch_path)
+    return None
+
+
+def _write_user_file(run: Run, journal: Journal, rel: str, source: Path) -> None:
+    """One file of a verified fix into the user's tree: the original journalled first."""
+    journal.save(rel)
+    target = run.root / rel
+    if source.is_file():
+        write_atomic(target, source.read_bytes())
+    elif target.is_file() or target.is_symlink():
+        target.unlink()
+    run.written[rel] = fingerprint(target)
+
+
+def mender(run: Run, nodeids: list[str]) -> str:
+    """The node id whose integrated fix first made `nodeids` pass: each state of the chain
+    is tried, oldest first (rare: most such failures share a job with their mender)."""
+    for earlier, state in run.chain[:-1]:
+        if _passes(run, state, nodeids):
+            return earlier.nodeids[0]
+    return run.chain[-1][0].nodeids[0] if run.chain else ""
+
+
+def _passes(run: Run, base: Base, nodeids: list[str]) -> bool:
+    ws = run.workspace(base)
+    try:
+        return checked_rerun(run, ws, nodeids).passed(nodeids)
+    except Tainted:
+        return False
+    finally:
+        run.discard(ws)
+
+
+# --- the session ------------------------------------------------------------------------------
 
 
 class FixSession:
-    """State across the whole session: failures seen, attempts made, tokens spent."""
+    """The pytest hooks, and the orchestration of one fix run over the session's failures.
 
-    def __init__(self, config: pytest.Config, settings: Settings) -> None:
+    `on_event(kind, **fields)` hears what happens (`attempt`, `judged`, `integrated`,
+    `user_won`, `done`), from worker threads too; the default ignores it.
+    """
+
+    def __init__(
+        self,
+        config: pytest.Config,
+        settings: Settings,
+        on_event: Callable[..., None] | None = None,
+    ) -> None:
         self.config = config
         self.settings = settings
-        self.root = Path(config.rootpath)
+        # The project root (plugin.py took the run lock there); pytest's rootdir may lie
+        # above it and serves only to run tests as pytest did.
+        lock = config.stash.get(RUN_LOCK, None)
+        self.root = lock.root if lock is not None else Path(config.rootpath)
+        self.rootdir = Path(config.rootpath)
         self.failures: dict[str, Failure] = {}
-        self.usage = Usage()
         self.report: RunReport | None = None
-        self.rerun_seconds = 0.0
+        self.listener = on_event or _no_event
+        self.on_event: Callable[..., None] = self.listener
         self.progress = LiveProgress(lambda text: None)
+        self._rerun_seconds = 0.0
+        self._announced: dict[int, tuple[str, str]] = {}  # job index -> (outcome, reason) shown
+        self._total = 0
+        self._live: Run | None = None  # the run in progress, for the tokens spent so far
 
-    def _run(self, nodeids: Sequence[str]) -> RunResult:
-        result = run_tests(nodeids, self.settings.rerun)
-        self.rerun_seconds += result.seconds
-        return result
-
-    # --- pytest hooks ---------------------------------------------------------------------
+    # --- pytest hooks -----------------------------------------------------------------------
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if (
@@ -183,8 +695,12 @@ class FixSession:
         from pytest_agentic import progress
 
         self.progress = progress.for_config(
-            self.config, spent=self._spent, dry_run=self.settings.dry_run
+            self.config,
+            spent=self._spent,
+            parallel=self.settings.workers > 1,
+            dry_run=self.settings.dry_run,
         )
+        self.on_event = self._event
         with warnings.catch_warnings(), _sigterm_interrupts():
             # SDK warnings (a deprecated model name, an unclosed client) would become errors
             # in suites with `filterwarnings = error`; they are not the user's tests' business.
@@ -200,18 +716,6 @@ class FixSession:
         self.report.exit_status = int(session.exitstatus)
         self.session = session
         self._write_reports(self.report)
-
-    def _spent(self) -> tuple[int, float]:
-        usage = {name: getattr(self.usage, name) for name in vars(self.usage)}
-        return self.usage.total, estimate_cost(self.settings.model, usage)
-
-    def _write_reports(self, report: RunReport) -> None:
-        paths = [
-            p
-            for p in (report.run_dir and report.run_dir / "report.json", self.settings.report)
-            if p is not None
-        ]
-        write_report(report, paths)
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         """The fix section goes last, after pytest's short summary (printed in its
@@ -242,260 +746,305 @@ class FixSession:
         fixed_all = report.exit_status == 0
         reporter.write_line(report.result_line(), bold=True, green=fixed_all, red=not fixed_all)
 
-    # --- the loop ---------------------------------------------------------------------------
+    def _write_reports(self, report: RunReport) -> None:
+        paths = [
+            p
+            for p in (report.run_dir and report.run_dir / "report.json", self.settings.report)
+            if p is not None
+        ]
+        write_report(report, paths)
+
+    # --- live progress ----------------------------------------------------------------------
+
+    def _spent(self) -> tuple[int, float]:
+        total = self._live.usage if self._live is not None else Usage()
+        usage = {name: getattr(total, name) for name in vars(total)}
+        return total.total, estimate_cost(self.settings.model, usage)
+
+    def _event(self, kind: str, **fields: Any) -> None:
+        """The run's events (from worker threads too) as progress lines: each job's node id
+        and place, its verdict once it is final."""
+        self.listener(kind, **fields)
+        job = fields.pop("job", None)
+        if job is None:
+            self.progress(kind, **fields)  # confirm, confirmed; others are not shown
+            return
+        job.heard(kind, fields)
+        where = {"nodeid": job.nodeids[0], "index": job.index, "total": self._total}
+        if kind == "attempt":
+            self.progress(kind, **where, max_attempts=self.settings.max_attempts, **fields)
+        elif kind in ("tool", "text", "judge"):
+            self.progress(kind, **where, **fields)
+        elif kind == "judged":
+            verdict = fields.get("verdict")
+            if verdict is not None and not verdict.kept:
+                self.progress("rejected", **where, reason=verdict.reason)
+            if verdict is not None and (
+                verdict.final or (not verdict.kept and job.attempts >= self.settings.max_attempts)
+            ):
+                self._announce(job, final_reason=verdict.reason)
+        elif kind in ("integrated", "user_won"):
+            self._announce(job)
+
+    def _announce(self, job: Job, final_reason: str | None = None) -> None:
+        """A job's verdict line(s), once per change of its outcome."""
+        outcome = "not_fixed" if final_reason is not None else job.outcome
+        reason = final_reason if final_reason is not None else job.reason
+        if self._announced.get(job.index) == (outcome, reason):
+            return
+        self._announced[job.index] = (outcome, reason)
+        for record in job.outcomes():
+            self.progress(
+                "verdict",
+                nodeid=record.nodeid,
+                index=job.index,
+                total=self._total,
+                outcome=outcome,
+                reason=reason,
+                attempts=record.attempts if not record.fixed_by else 0,
+                fixed_by=record.fixed_by,
+            )
+
+    # --- the run ----------------------------------------------------------------------------
 
     def run(self, failures: list[Failure]) -> RunReport:
         settings = self.settings
         report = RunReport(model=settings.model, dry_run=settings.dry_run)
         started = time.perf_counter()
-        progress = {f.nodeid: Progress(f) for f in failures}
-        kept: list[Progress] = []
+        jobs: list[Job] = []
+        flaky: list[str] = []
+        run: Run | None = None
+        children = _child_pids()
         try:
             if failures:
                 report.run_dir = new_run_dir(self.root)
-                self._confirm(progress)
-                pending = [p for p in progress.values() if p.outcome == "not_fixed"]
-                for index, item in enumerate(pending, start=1):
-                    item.index = index
-                client = None
-                try:
-                    for item in pending:
-                        if item.fixed_by:
-                            continue
-                        if self._over_budget():
-                            item.outcome, item.reason = "skipped", "token budget spent"
-                            self._verdict(item, len(pending))
-                            continue
-                        if client is None:
-                            client = _make_client(settings)
-                        self._fix(client, item.index, item, report.run_dir, len(pending))
-                        self._verdict(item, len(pending))
-                        if item.outcome == "fixed":
-                            kept.append(item)
-                            self._mended_by(item, pending)
-                finally:
-                    if client is not None:
-                        client.close()
-                self._verify(progress, kept)
+                self.on_event("confirm", count=len(failures))
+                flaky = self._confirm([f.nodeid for f in failures])
+                self.on_event("confirmed", confirmed=len(failures) - len(flaky), flaky=flaky)
+                jobs = plan(self.rootdir, [f for f in failures if f.nodeid not in flaky])
+                self._total = len(jobs)
+                # Lines name their failure when workers interleave them.
+                self.progress.parallel = settings.workers > 1 and len(jobs) > 1
+                if jobs:
+                    base = snapshot_base(self.root, self._scratch())
+                    run = Run(self.root, settings, base, report.run_dir, self.on_event)
+                    self._live = run
+                    for job in jobs:
+                        job.context = first_message(self.rootdir, job.failures, settings.task)
+                    self._dispatch(run, jobs)
+                    self._verify(run, jobs)
         except KeyboardInterrupt:
             report.interrupted = True
-            for item in reversed(kept):
-                if item.journal is not None:
-                    item.journal.restore()
-            kept = []
         finally:
-            for item in progress.values():
-                # A journal still open here belongs to an attempt cut short: put it back.
-                if item.journal is not None and item not in kept:
-                    item.journal.restore()
-        for item in kept:
-            assert item.journal is not None
-            if settings.dry_run:
-                item.journal.restore()  # the patches stay in the run folder
-            else:
-                item.journal.keep()
+            if run is not None:
+                self._stop(run, jobs, children, restore=report.interrupted)
+        for job in jobs:
+            if job.journal is not None:
+                job.journal.keep()
                 if settings.commit:
-                    self._commit(item, progress)
-        report.outcomes = [p.outcome_record() for p in progress.values()]
-        report.usage = {name: getattr(self.usage, name) for name in vars(self.usage)}
+                    self._commit(job)
+            self._announce(job)  # what no event announced: skipped, mended, reverted
+        by_id = {o.nodeid: o for job in jobs for o in job.outcomes()}
+        report.outcomes = [
+            Outcome(f.nodeid, "flaky", 0, (), "passed on re-run")
+            if f.nodeid in flaky
+            else by_id[f.nodeid]
+            for f in failures
+            if f.nodeid in flaky or f.nodeid in by_id
+        ]
+        usage = run.usage if run is not None else Usage()
+        report.usage = {name: getattr(usage, name) for name in vars(usage)}
         report.seconds = {
             "fix_loop": round(time.perf_counter() - started, 3),
-            "test_reruns": round(self.rerun_seconds, 3),
+            "test_reruns": round(self._rerun_seconds + (run.rerun_seconds if run else 0.0), 3),
         }
+        self.on_event("done", report=report)
         return report
 
-    def _verdict(self, item: Progress, total: int) -> None:
-        self.progress(
-            "verdict",
-            nodeid=item.failure.nodeid,
-            index=item.index,
-            total=total,
-            outcome=item.outcome,
-            reason=item.reason,
-            attempts=item.attempts,
-            fixed_by=item.fixed_by,
-        )
-
-    def _mended_by(self, fixer: Progress, pending: list[Progress]) -> None:
-        """Failures not yet attempted that `fixer`'s fix repaired too: one re-run, and they
-        are reported `fixed by the fix for <node id>` instead of being sent to the model."""
-        waiting = [p for p in pending if p.attempts == 0 and p.outcome == "not_fixed"]
-        waiting = [p for p in waiting if not p.fixed_by and p is not fixer]
-        if not waiting:
-            return
-        result = self._run([p.failure.nodeid for p in waiting])
-        for item in waiting:
-            if result.passed([item.failure.nodeid]):
-                item.outcome, item.fixed_by = "fixed", fixer.failure.nodeid
-                self._verdict(item, len(pending))
-
-    def _commit(self, item: Progress, progress: dict[str, Progress]) -> None:
-        """`--agent-commit`: the kept fix becomes a commit of its own files only."""
+    def _commit(self, job: Job) -> None:
+        """`--agent-commit`: a kept fix becomes a commit of its own changes only. After the
+        final verification, not at integration: a fix that verification takes out again
+        must not already be history."""
         from pytest_agentic.deliver import commit_fix
-        from pytest_agentic.errors import AgenticError
 
-        nodeid = item.failure.nodeid
-        also = [p.failure.nodeid for p in progress.values() if p.fixed_by == nodeid]
+        nodeid = job.nodeids[0]
         body = [
             f"pytest-agentic kept this fix after re-running {nodeid}: it passes "
-            f"(attempt {item.attempts} of {self.settings.max_attempts}, "
+            f"(attempt {job.attempts} of {self.settings.max_attempts}, "
             f"model {self.settings.model}).",
         ]
-        if item.reason:
-            body.append(item.reason)
-        if also:
-            body.append("It also fixes:\n" + "\n".join(f"- {n}" for n in also))
+        if job.reason:
+            body.append(job.reason)
+        if len(job.nodeids) > 1:
+            body.append("It also fixes:\n" + "\n".join(f"- {n}" for n in job.nodeids[1:]))
         try:
-            item.commit = commit_fix(self.root, nodeid, item.diff, item.files, "\n\n".join(body))
+            job.commit = commit_fix(self.root, nodeid, job.diff, job.files, "\n\n".join(body))
         except AgenticError as exc:
-            item.reason = str(exc)
+            job.reason = str(exc)
             self.progress("note", text=f"{nodeid}: {exc}")
             return
-        self.progress("commit", nodeid=nodeid, index=item.index, sha=item.commit)
+        self.progress("commit", nodeid=nodeid, index=job.index, total=self._total, sha=job.commit)
 
-    def _confirm(self, progress: dict[str, Progress]) -> None:
-        """Re-run every failure once; one that passes is flaky and never sent to the model."""
-        nodeids = list(progress)
-        self.progress("confirm", count=len(nodeids))
-        result = self._run(nodeids)
-        flaky = []
-        for nodeid in nodeids:
-            if result.outcomes.get(nodeid) == "passed":
-                progress[nodeid].outcome = "flaky"
-                progress[nodeid].reason = "passed on re-run"
-                flaky.append(nodeid)
-        self.progress("confirmed", confirmed=len(nodeids) - len(flaky), flaky=flaky)
+    def _confirm(self, nodeids: list[str]) -> list[str]:
+        """Re-run every failure once, in the user's tree (no agent code exists yet); one that
+        passes is flaky and never sent to the model."""
+        result = run_tests(nodeids, self.settings.rerun)
+        self._rerun_seconds = result.seconds
+        return [n for n in nodeids if result.outcomes.get(n) == "passed"]
 
-    def _over_budget(self) -> bool:
-        budget = self.settings.budget_tokens
-        return budget is not None and self.usage.total >= budget
+    def _scratch(self) -> Path:
+        lock = self.config.stash.get(RUN_LOCK, None)
+        if lock is None:  # the plugin took none (the fixer used on its own): take it here
+            lock = acquire_lock(self.root)
+            self.config.stash[RUN_LOCK] = lock
+            self.config.add_cleanup(lock.release)
+        return lock.scratch
 
-    def _fix(
-        self, client: Any, index: int, item: Progress, run_dir: Path | None, total: int = 0
-    ) -> None:
-        import anthropic
+    def _dispatch(self, run: Run, jobs: list[Job]) -> None:
+        """Up to `workers` jobs at once; their fixes integrated one at a time, in node-id
+        order, each as soon as every job before it is settled."""
+        waiting = list(jobs)
+        running: dict[Future[Fix | None], Job] = {}
+        settled: dict[int, Fix | None] = {}
+        position = 0
+        while position < len(jobs):
+            job = jobs[position]
+            if job.index in settled:
+                if self._settle(run, job, settled.pop(job.index), jobs[:position]):
+                    position += 1
+                else:
+                    waiting.insert(0, job)  # again, against the integrated state
+                continue
+            while waiting and len(running) < self.settings.workers:
+                ready = waiting.pop(0)
+                if (
+                    run.chain
+                    and ready.attempts == 0
+                    and _passes(run, run.integrated, ready.nodeids)
+                ):
+                    ready.outcome, ready.fixed_by = "fixed", mender(run, ready.nodeids)
+                    settled[ready.index] = None
+                    continue
+                future = _spawn(work, run, ready)
+                run.futures.append(future)
+                running[future] = ready
+            # A timeout, so Ctrl-C and SIGTERM reach the main thread while workers run.
+            finished, _ = wait(list(running), timeout=0.2, return_when=FIRST_COMPLETED)
+            for future in finished:
+                ready = running.pop(future)
+                try:
+                    settled[ready.index] = future.result()
+                except Exception as exc:  # a bug or a broken workspace: this job only
+                    ready.reason = f"internal error: {exc}"
+                    settled[ready.index] = None
 
-        settings = self.settings
-        nodeid = item.failure.nodeid
-        policy = PathPolicy(
-            self.root, task=settings.task, protected=settings.protected, for_agent=True
-        )
-        context = first_message(self.root, [item.failure], settings.task)
-        feedback = ""
+    def _settle(self, run: Run, job: Job, fix: Fix | None, before: list[Job]) -> bool:
+        """Integrate a finished job's fix; False when it goes back for another attempt."""
+        if fix is None:
+            return True
+        fixed_before = [
+            n for earlier in before if earlier.outcome == "fixed" for n in earlier.nodeids
+        ]
+        why = integrate(run, job, fix, fixed_before)
+        if why is None:
+            return True
+        job.reason = why
+        if job.attempts >= self.settings.max_attempts or run.over_budget():
+            return True
+        job.feedback = feedback(job.attempts, why)
+        return False
 
-        def rerun() -> str:
-            return describe(self._run([nodeid]), [nodeid])
-
-        where = {"nodeid": nodeid, "index": index, "total": total}
-
-        def on_event(kind: str, **fields: Any) -> None:
-            if kind == "tool":
-                refusal = (
-                    parse_refusal(fields["result"], fields["input"])
-                    if (fields.get("is_error"))
-                    else None
-                )
-                if refusal is not None and Refused(*refusal) not in item.refusals:
-                    item.refusals.append(Refused(*refusal))
-                if fields.get("name") == "give_up":
-                    item.question = str(fields["input"].get("question", "")).strip()
-            self.progress(kind, **where, **fields)
-
-        for attempt in range(1, settings.max_attempts + 1):
-            if self._over_budget():
-                item.reason = item.reason or "token budget spent"
-                if attempt == 1:
-                    item.outcome = "skipped"
-                return
-            item.attempts = attempt
-            self.progress("attempt", **where, attempt=attempt, max_attempts=settings.max_attempts)
-            journal = Journal(self.root, f"{os.getpid()}-{index}-{attempt}")
-            item.journal = journal
-            toolbox = Toolbox(self.root, policy, journal, rerun)
-            message = list(context)
-            if feedback:
-                message.append({"type": "text", "text": feedback})
-            conversation = converse(
-                client,
-                model=settings.model,
-                first_message=message,
-                toolbox=toolbox,
-                max_turns=settings.max_turns,
-                usage=_BothUsages(item.usage, self.usage),  # type: ignore[arg-type]
-                api_error=anthropic.APIError,
-                on_event=on_event,
-            )
-            if run_dir is not None:
-                write_transcript(run_dir, index, nodeid, attempt, conversation.transcript)
-            if conversation.ended in ("end_turn", "max_turns") and journal.touched:
-                self.progress("judge", **where)
-            verdict, detail = self._judge(conversation, journal, nodeid)
-            if not verdict:
-                item.outcome, item.reason = "fixed", ""
-                item.files = journal.touched
-                item.diff = journal.diff()
-                if run_dir is not None:
-                    item.patch = write_patch(run_dir, index, nodeid, item.diff).name
-                return
-            journal.restore()
-            item.journal = None
-            item.reason = verdict
-            if item.question:
-                # The question is reported on its own line and in the JSON `question`.
-                item.reason = item.reason.replace(f" (question: {item.question})", "")
-            feedback = (
-                f"Attempt {attempt} did not fix it: {verdict}. Every change it made was "
-                "reverted. Try a different approach." + (f"\n```\n{detail}\n```" if detail else "")
-            )
-            if conversation.ended == "gave_up":
-                return
-
-    def _judge(self, conversation: Conversation, journal: Journal, nodeid: str) -> tuple[str, str]:
-        """("", "") when the attempt's change makes the test pass, else (why not in one
-        line, the re-run's output for the next attempt)."""
-        if conversation.ended == "api_error":
-            return conversation.reason, ""
-        if conversation.ended == "gave_up":
-            return f"the agent gave up: {conversation.reason}", ""
-        if not journal.touched:
-            return "the agent changed no file", ""
-        result = self._run([nodeid])
-        if result.passed([nodeid]):
-            return "", ""
-        summary = next(
-            (
-                line
-                for line in reversed(result.output.splitlines())
-                if line.startswith(("FAILED", "ERROR"))
-            ),
-            "timed out" if result.timed_out else "",
-        )
-        why = "the test still fails" + (f": {summary}" if summary else "")
-        if conversation.ended == "max_turns":
-            why = f"{conversation.reason}, and {why}"
-        return why, result.output[-4000:]
-
-    def _verify(self, progress: dict[str, Progress], kept: list[Progress]) -> None:
-        """All originally failing tests together; undo the newest kept fix while any fixed
-        test fails again (a later fix broke an earlier one)."""
-        while kept:
-            fixed = [p.failure.nodeid for p in progress.values() if p.outcome == "fixed"]
-            result = self._run(fixed)
-            broken = result.failing(fixed)
+    def _verify(self, run: Run, jobs: list[Job]) -> None:
+        """All fixed tests together on the integrated state (sandboxed); undo the newest
+        integrated fix while any fails (a later fix broke an earlier one)."""
+        while run.chain:
+            fixed = [n for job in jobs if job.outcome == "fixed" for n in job.nodeids]
+            ws = run.workspace()
+            try:
+                result = checked_rerun(run, ws, fixed)
+                broken = result.failing(fixed)
+            except Tainted as exc:
+                broken = exc.files
+            finally:
+                run.discard(ws)
             if not broken:
                 return
-            last = kept.pop()
-            assert last.journal is not None
-            last.journal.restore()
-            last.journal = None
+            last, _ = run.chain.pop()
+            run.integrated = run.chain[-1][1] if run.chain else run.base
+            _undo(run, last)
             last.outcome = "not_fixed"
             last.reason = f"its fix broke {', '.join(broken)} in the final verification; reverted"
-            last.files = []
-            last.patch = ""
-            for item in progress.values():
-                if item.fixed_by == last.failure.nodeid:
-                    item.outcome, item.fixed_by = "not_fixed", ""
-                    item.reason = f"the fix for {last.failure.nodeid} that fixed it was reverted"
+            last.files = ()
+
+    def _stop(self, run: Run, jobs: list[Job], children: set[int], restore: bool) -> None:
+        """Stop the workers, then (interrupted) put every integrated file back; remove every
+        workspace."""
+        run.cancel.set()
+        if any(not f.done() for f in run.futures):
+            _kill_new_children(children)  # re-runs in flight end now, not at their timeout
+            wait(run.futures, timeout=STOP_GRACE_SECONDS)
+        if restore:
+            integrated = [job for job, _ in reversed(run.chain)]
+            # A job cut short while being written to the user's tree is the newest of all.
+            cut = [j for j in jobs if j.journal is not None and j not in integrated]
+            for job in cut + integrated:
+                _undo(run, job)
+                job.outcome, job.reason, job.files = "not_fixed", "interrupted", ()
+        run.close()
+
+
+def _undo(run: Run, job: Job) -> None:
+    """Take an integrated fix out of the user's tree again (its journal restored)."""
+    if job.journal is not None:
+        for rel in job.journal.restore():
+            run.written[rel] = fingerprint(run.root / rel)
+        job.journal = None
+
+
+def _spawn(fn: Callable[..., Fix | None], *args: Any) -> Future[Fix | None]:
+    """`fn(*args)` on a daemon thread: an interrupted run does not wait at exit for a worker
+    stuck in an API request (a ThreadPoolExecutor's threads are joined at exit)."""
+    future: Future[Fix | None] = Future()
+
+    def target() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:  # Cancelled, Tainted, bugs: the main thread decides
+            future.set_exception(exc)
+
+    threading.Thread(target=target, name="pytest-agentic-worker", daemon=True).start()
+    return future
+
+
+def _child_pids() -> set[int]:
+    """This process's children (Linux /proc; elsewhere none are known)."""
+    me = str(os.getpid())
+    found: set[int] = set()
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return found
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="utf-8", errors="replace") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 1 and fields[1] == me:
+            found.add(int(entry))
+    return found
+
+
+def _kill_new_children(before: set[int]) -> None:
+    """Kill the child processes the run started (re-runs, git) that are still running; the
+    session's own children from before the run are left alone."""
+    for pid in _child_pids() - before:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@ behave as they do for pytest's own output). Kinds and their fields:
 - `tool`      nodeid, index, total, name, input, result, is_error   one tool call, done
 - `text`      nodeid, index, total, text             the model's words between tool calls (-v)
 - `judge`     nodeid, index, total                   the model ended its turn: re-running
+- `rejected`  nodeid, index, total, reason           an attempt was not kept, and why
 - `verdict`   nodeid, index, total, outcome, reason, attempts, fixed_by
 - `commit`    nodeid, sha  | `note` text             anything else worth one line
 
@@ -240,6 +241,8 @@ class LiveProgress:
             if self.verbosity < 1 or not str(fields.get("text", "")).strip():
                 return None, False
             return f"{self._tag(fields)}   “{short(str(fields['text']))}”", True
+        if kind == "rejected":
+            return f"{self._tag(fields)}   not kept: {short(str(fields.get('reason', '')))}", True
         if kind == "judge":
             return f"{self._tag(fields)}   re-running the test to judge the attempt", False
         if kind == "commit":
