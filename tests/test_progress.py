@@ -314,3 +314,45 @@ def test_the_last_line_states_the_exit_status_the_shell_sees(
     )
     (report,) = project.glob(".agentic/runs/*/report.json")
     assert json.loads(report.read_text())["exit_status"] == int(result.ret)
+
+
+def test_failures_of_one_cause_read_fixed_by_the_fix_for_the_first(
+    pytester: pytest.Pytester, fake_anthropic: FakeAnthropic
+) -> None:
+    """The issue's 29 failures of one root cause: one conversation, one fix, and the others
+    say whose fix repaired them (not "fixed in 0 attempts")."""
+    pytester.makepyprojecttoml(PYPROJECT)
+    (pytester.path / "halve.py").write_text("def half(x):\n    return x / 0\n")
+    pytester.makepyfile(
+        test_half="""
+        from halve import half
+
+        def test_one():
+            assert half(2) == 1
+
+        def test_two():
+            assert half(4) == 2
+
+        def test_three():
+            assert half(6) == 3
+        """
+    )
+    fake_anthropic.reply(message(edit("halve.py", "x / 0", "x / 2")), done())
+    result = pytester.runpytest("--agent-fix")
+    assert result.ret == 0
+    assert len(fake_anthropic.requests) == 2  # one conversation for the three
+    lines = result.stdout.lines
+    section = lines.index(next(x for x in lines if "= pytest-agentic fix =" in x))
+    assert lines[section + 1 : section + 4] == [
+        "fixed in 1 attempt: test_half.py::test_one",
+        "fixed by the fix for test_half.py::test_one: test_half.py::test_two",
+        "fixed by the fix for test_half.py::test_one: test_half.py::test_three",
+    ]
+    assert lines[-1] == "pytest-agentic: 3 of 3 failures fixed — exit 0"
+    result.stdout.fnmatch_lines(
+        [
+            "[[]1/1] test_half.py::test_one: fixed in 1 attempt · *",
+            "[[]1/1] test_half.py::test_two: fixed by the fix for test_half.py::test_one",
+        ]
+    )
+    assert "fixed in 0 attempts" not in result.stdout.str()
