@@ -673,6 +673,7 @@ class FixSession:
         self.progress = LiveProgress(lambda text: None)
         self._rerun_seconds = 0.0
         self._announced: dict[int, tuple[str, str]] = {}  # job index -> (outcome, reason) shown
+        self._announcing = threading.Lock()
         self._total = 0
         self._live: Run | None = None  # the run in progress, for the tokens spent so far
 
@@ -790,9 +791,10 @@ class FixSession:
         """A job's verdict line(s), once per change of its outcome."""
         outcome = "not_fixed" if final_reason is not None else job.outcome
         reason = final_reason if final_reason is not None else job.reason
-        if self._announced.get(job.index) == (outcome, reason):
-            return
-        self._announced[job.index] = (outcome, reason)
+        with self._announcing:  # workers announce too
+            if self._announced.get(job.index) == (outcome, reason):
+                return
+            self._announced[job.index] = (outcome, reason)
         for record in job.outcomes():
             self.progress(
                 "verdict",
@@ -800,7 +802,9 @@ class FixSession:
                 index=job.index,
                 total=self._total,
                 outcome=outcome,
-                reason=reason,
+                reason=reason.replace(f" (question: {job.question})", "")
+                if job.question
+                else reason,
                 attempts=record.attempts if not record.fixed_by else 0,
                 fixed_by=record.fixed_by,
             )
