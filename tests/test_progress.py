@@ -83,7 +83,7 @@ def test_progress_lines_and_the_last_screen_in_ci(
         lines[section + 6],
         "pytest-agentic: 2 of 2 failures fixed — exit 0",
     ]
-    refused = "    refused edit tests/test_calc.py: protected (matches the `protected` globs)"
+    refused = "    refused tests/test_calc.py: protected (matches the `protected` globs)"
     assert lines[section + 2].startswith(refused)
     assert lines[section + 5].startswith("tokens: ")
     assert "fixed in 0 attempts" not in result.stdout.str()
@@ -269,6 +269,14 @@ def test_refusals_are_read_from_the_policy_wording() -> None:
         "refused: ../x.py: outside the project root. The file was not changed.", {"path": "../x.py"}
     ) == ("../x.py", "outside the project root")
     assert parse_refusal("Edited calc.py.", {"path": "calc.py"}) is None
+    assert parse_refusal("refused: .env: unreadable (secrets)", {"path": ".env"}) == (
+        ".env",
+        "unreadable (secrets)",
+    )
+    assert parse_refusal("refused: ValueError: embedded null byte", {"path": "a\0b"}) == (
+        "a\0b",
+        "ValueError: embedded null byte",
+    )
 
 
 def test_progress_comes_before_the_failures_section_not_after_minutes_of_silence(

@@ -60,8 +60,10 @@ def parse_refusal(result: str, params: Mapping[str, Any] | None = None) -> tuple
     path = str(raw) if isinstance(raw, str) else ""
     if ": " in body:
         head, reason = body.split(": ", 1)
-        # The policy names the path relative to the root; prefer that spelling.
-        path, body = head or path, reason
+        # The policy names the path relative to the root; prefer that spelling. A refusal
+        # of a bad input names its error type there instead (`ValueError: embedded null byte`).
+        if not head.endswith(("Error", "Exception")):
+            path, body = head or path, reason
     return (path or "?", body or "refused")
 
 

@@ -148,7 +148,7 @@ class RunReport:
         for o in self.outcomes:
             out.append(f"{self.verdict(o)}: {o.nodeid}")
             for refused in o.refusals:
-                out.append(f"    refused edit {refused.path}: {refused.reason}")
+                out.append(f"    refused {refused.path}: {refused.reason}")
             if o.question:
                 out.append(f"    the agent asks: {o.question}")
             if o.commit:
@@ -217,7 +217,7 @@ class RunReport:
             if o.question:
                 sec += ["", "The agent asks:", "", "> " + _md_escape(o.question)]
             if o.refusals:
-                sec += ["", "Refused edits:", ""]
+                sec += ["", "Refused by the path policy:", ""]
                 sec += [f"- {_md_code(r.path)}: {_md_escape(r.reason)}" for r in o.refusals]
             sections.append(sec)
         diffs = {o.nodeid: self._patch_text(o) for o in self.outcomes}
