@@ -131,7 +131,15 @@ def test_markdown_diffs_are_cut_to_fit_a_pull_request_body(tmp_path: Path) -> No
     body = report.markdown()
     assert len(body) < 65_536
     assert "````diff\n+line 0 ```\n" in body  # a fence longer than any backtick run inside
-    assert "diff cut to fit; the whole patch is `01-big.patch` in the run folder" in body
+    assert "diff cut to fit; the whole patch is `01-big.patch`" in body
+    many = RunReport(
+        outcomes=[Outcome(f"t.py::test_{i}", "not_fixed", 3, (), "x" * 200) for i in range(2000)],
+        run_dir=tmp_path,
+    )
+    body = many.markdown()
+    assert len(body) < 65_536
+    assert "more failures not listed; the whole report: `pytest-agentic report`" in body
+    assert body.endswith("(patches and transcripts)\n")  # the footer survives
 
 
 def test_apply_a_dry_run_clean_conflicting_and_twice(

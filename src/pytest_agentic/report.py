@@ -195,32 +195,8 @@ class RunReport:
         """A pull request body: the result, a table, and per failure its verdict, diff,
         reasons, refused edits, question, tokens and cost. Text that came from the model is
         escaped (no mentions, links or HTML); diffs sit in fences longer than any backtick
-        run inside them. Diffs are cut so the body stays under `limit` characters (GitHub
-        refuses bodies over 65,536)."""
-        head = [f"## {_md_escape(self.result_line())}", ""]
-        head += ["| failure | verdict | attempts | tokens | cost |", "|---|---|---|---|---|"]
-        for o in self.outcomes:
-            tokens = sum(o.usage.values())
-            cell = _md_code(o.nodeid).replace("|", "\\|")  # GFM: escape pipes in code spans too
-            head.append(
-                f"| {cell} | {_md_escape(self.verdict(o))} "
-                f"| {o.attempts} | {tokens:,} | ${estimate_cost(self.model, o.usage):.4f} |"
-            )
-        sections: list[list[str]] = []
-        for o in self.outcomes:
-            sec = ["", f"### {_md_code(o.nodeid)}", "", f"**{_md_escape(self.verdict(o))}**"]
-            if o.files_changed and o.outcome == "fixed":
-                sec.append("")
-                sec.append("Files: " + ", ".join(_md_code(f) for f in o.files_changed))
-            if o.commit:
-                sec += ["", f"Commit: {_md_code(o.commit[:12])}"]
-            if o.question:
-                sec += ["", "The agent asks:", "", "> " + _md_escape(o.question)]
-            if o.refusals:
-                sec += ["", "Refused by the path policy:", ""]
-                sec += [f"- {_md_code(r.path)}: {_md_escape(r.reason)}" for r in o.refusals]
-            sections.append(sec)
-        diffs = {o.nodeid: self._patch_text(o) for o in self.outcomes}
+        run inside them. The body stays under `limit` characters (GitHub refuses bodies over
+        65,536): table rows, then sections, then diffs are cut first-come, with a note."""
         u = self.usage
         foot = [
             "",
@@ -232,26 +208,58 @@ class RunReport:
         ]
         if self.run_dir is not None:
             foot.append(f"Run folder: {_md_code(self.run_dir.name)} (patches and transcripts)")
-        budget = limit - len("\n".join(head + [line for sec in sections for line in sec] + foot))
-        budget -= 200 * len(self.outcomes)  # fences and notes
-        for sec, o in zip(sections, self.outcomes, strict=True):
-            diff = diffs[o.nodeid]
-            if not diff:
-                continue
-            if len(diff) > max(0, budget):
-                kept = diff[: max(0, budget)]
-                diff = kept[: kept.rfind("\n") + 1] if "\n" in kept else ""
-                note = f"diff cut to fit; the whole patch is {_md_code(o.patch)} in the run folder"
-            else:
-                note = ""
-            budget -= len(diff)
+        whole = "the whole report: `pytest-agentic report`"
+        room = limit - _size(foot) - 2 * len(whole) - 200
+        body = [f"## {_md_escape(self.result_line())}", ""]
+        body += ["| failure | verdict | attempts | tokens | cost |", "|---|---|---|---|---|"]
+        rows = 0
+        for o in self.outcomes:
+            cell = _md_code(o.nodeid).replace("|", "\\|")  # GFM: escape pipes in code spans too
+            row = (
+                f"| {cell} | {_md_escape(self.verdict(o))} | {o.attempts} "
+                f"| {sum(o.usage.values()):,} | ${estimate_cost(self.model, o.usage):.4f} |"
+            )
+            if _size(body) + len(row) > room // 2:
+                break
+            body.append(row)
+            rows += 1
+        if rows < len(self.outcomes):
+            body += ["", f"{len(self.outcomes) - rows} more failures not listed; {whole}"]
+        shown = 0
+        for o in self.outcomes:
+            sec = self._section(o)
+            if _size(body) + _size(sec) > room:
+                break
+            diff = self._patch_text(o)
             if diff:
-                fence = "`" * max(3, _longest_backticks(diff) + 1)
-                sec += ["", fence + "diff", diff.rstrip("\n"), fence]
-            if note:
-                sec += ["", note]
-        body = head + [line for sec in sections for line in sec] + foot
-        return "\n".join(body) + "\n"
+                left = room - _size(body) - _size(sec) - 20
+                cut = len(diff) > left
+                if cut:
+                    diff = diff[: max(0, left)]
+                    diff = diff[: diff.rfind("\n") + 1]
+                if diff:
+                    fence = "`" * max(3, _longest_backticks(diff) + 1)
+                    sec += ["", fence + "diff", diff.rstrip("\n"), fence]
+                if cut:
+                    sec += ["", f"diff cut to fit; the whole patch is {_md_code(o.patch)}"]
+            body += sec
+            shown += 1
+        if shown < len(self.outcomes):
+            body += ["", f"{len(self.outcomes) - shown} more failures not shown; {whole}"]
+        return "\n".join(body + foot) + "\n"
+
+    def _section(self, o: Outcome) -> list[str]:
+        sec = ["", f"### {_md_code(o.nodeid)}", "", f"**{_md_escape(self.verdict(o))}**"]
+        if o.files_changed and o.outcome == "fixed":
+            sec += ["", "Files: " + ", ".join(_md_code(f) for f in o.files_changed)]
+        if o.commit:
+            sec += ["", f"Commit: {_md_code(o.commit[:12])}"]
+        if o.question:
+            sec += ["", "The agent asks:", "", "> " + _md_escape(o.question)]
+        if o.refusals:
+            sec += ["", "Refused by the path policy:", ""]
+            sec += [f"- {_md_code(r.path)}: {_md_escape(r.reason)}" for r in o.refusals]
+        return sec
 
     def _patch_text(self, o: Outcome) -> str:
         if not o.patch or self.run_dir is None:
@@ -260,6 +268,10 @@ class RunReport:
             return (self.run_dir / o.patch).read_text(encoding="utf-8", errors="replace")
         except OSError:
             return ""
+
+
+def _size(lines: Sequence[str]) -> int:
+    return sum(len(line) + 1 for line in lines)
 
 
 def _longest_backticks(text: str) -> int:
