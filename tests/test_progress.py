@@ -81,8 +81,10 @@ def test_progress_lines_and_the_last_screen_in_ci(
         "files changed: calc.py",
         lines[section + 5],
         lines[section + 6],
+        lines[section + 7],
         "pytest-agentic: 2 of 2 failures fixed — exit 0",
     ]
+    assert lines[section + 7].startswith("sandbox: ")
     refused = "    refused tests/test_calc.py: protected (matches the `protected` globs)"
     assert lines[section + 2].startswith(refused)
     assert lines[section + 5].startswith("tokens: ")
