@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -366,3 +367,40 @@ def test_failures_of_one_cause_read_fixed_by_the_fix_for_the_first(
         ]
     )
     assert "fixed in 0 attempts" not in result.stdout.str()
+
+
+def test_with_parallel_workers_every_line_names_its_failure(
+    pytester: pytest.Pytester, fake_anthropic: FakeAnthropic
+) -> None:
+    pytester.makepyprojecttoml(PYPROJECT)
+    (pytester.path / "calc.py").write_text(CALC)
+    (pytester.path / "text.py").write_text("def shout(s):\n    return s.lower()\n")
+    pytester.makepyfile(
+        test_calc=TEST_CALC,
+        test_text="from text import shout\n\n\ndef test_shout():\n    assert shout('a') == 'A'\n",
+    )
+
+    def reply(request: Any) -> Any:
+        # Workers ask at the same time, in any order: answer by what the request is about.
+        if len(request.body["messages"]) > 1:
+            return done()
+        prompt = request.body["messages"][0]["content"][0]["text"]
+        if "test_shout" in prompt:
+            return message(edit("text.py", "s.lower()", "s.upper()"))
+        return message(FIX)
+
+    fake_anthropic.reply(*[reply] * 8)
+    result = pytester.runpytest("--agent-fix", "--agent-workers", "2")
+    assert result.ret == 0
+    ours = [x for x in result.stdout.lines if x.startswith("[")]
+    assert ours, result.stdout.str()
+    for line in ours:
+        assert re.match(r"\[[12]/2\] test_(calc\.py::test_add|text\.py::test_shout)\b", line), line
+    result.stdout.fnmatch_lines_random(
+        [
+            "[[]?/2] test_calc.py::test_add   edit calc.py",
+            "[[]?/2] test_text.py::test_shout   edit text.py",
+            "[[]?/2] test_calc.py::test_add: fixed in 1 attempt*",
+            "[[]?/2] test_text.py::test_shout: fixed in 1 attempt*",
+        ]
+    )
