@@ -523,6 +523,9 @@ def test_ctrl_c_mid_attempt_restores_and_exits_2(
             proc.kill()
     assert proc.returncode == 2, out
     assert "interrupted: every file the fixer touched was restored" in out
+    assert out.rstrip().splitlines()[-1] == (  # issue 11: the last line says the exit status
+        "pytest-agentic: interrupted; every file the fixer touched was restored — exit 2"
+    )
     assert "Traceback" not in out
     assert snapshot(project) == before
     assert list(tmp.iterdir()) == []  # every workspace removed
