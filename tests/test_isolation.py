@@ -379,6 +379,7 @@ def test_parallel_fixes_of_one_bug_are_integrated_once(
     result = pytester.runpytest("--agent-fix")
     assert result.ret == 0, result.stdout.str()
     failures = {f["nodeid"]: f for f in load_report(repo)["failures"]}
-    assert failures["tests/test_more.py::test_more"]["reason"] == "fixed by an earlier fix"
+    # Issue 11: it names the fix that mended it (the JSON `fixed_by`), not a generic reason.
+    assert failures["tests/test_more.py::test_more"]["fixed_by"] == "tests/test_calc.py::test_add"
     assert failures["tests/test_more.py::test_more"]["outcome"] == "fixed"
     assert (repo / "calc.py").read_text() == CALC.replace("a - b", "a + b")

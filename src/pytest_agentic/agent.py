@@ -269,12 +269,14 @@ def converse(
     max_turns: int,
     usage: Usage,
     api_error: type[BaseException],
+    on_event: Callable[..., None] | None = None,
 ) -> Conversation:
     """One attempt: ask, run the tools the model calls, until it ends its turn or gives up.
 
     Cache points: the system prompt (with the tools before it), the end of the first user
     message (the stable context, identical across attempts), and the newest message of each
-    turn, so turn n reads turn n-1's prefix from the cache.
+    turn, so turn n reads turn n-1's prefix from the cache. `on_event(kind, **fields)` hears
+    the model's text (`text`) and each tool call once it is done (`tool`), for live progress.
     """
     system = [{"type": "text", "text": SYSTEM, "cache_control": {"type": "ephemeral"}}]
     messages: list[dict[str, Any]] = [{"role": "user", "content": first_message}]
@@ -295,6 +297,10 @@ def converse(
         messages.append({"role": "assistant", "content": assistant})
         transcript.append({"role": "assistant", "content": assistant})
         calls = [block for block in response.content if block.type == "tool_use"]
+        if on_event is not None:
+            said = " ".join(b.text for b in response.content if b.type == "text").strip()
+            if said:
+                on_event("text", text=said)
         if not calls:
             ended = (
                 "end_turn" if response.stop_reason in ("end_turn", "stop_sequence") else "stopped"
@@ -302,7 +308,10 @@ def converse(
             return Conversation(ended, str(response.stop_reason), transcript, turn + 1)
         results = []
         for call in calls:
-            text, is_error = toolbox.call(call.name, dict(call.input or {}))
+            params = dict(call.input or {})
+            text, is_error = toolbox.call(call.name, params)
+            if on_event is not None:
+                on_event("tool", name=call.name, input=params, result=text, is_error=is_error)
             result: dict[str, Any] = {
                 "type": "tool_result",
                 "tool_use_id": call.id,

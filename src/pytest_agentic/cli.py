@@ -7,6 +7,7 @@ configuration or task error (one line on stderr, no traceback); 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -263,9 +264,42 @@ def restore(config: Config, args: argparse.Namespace) -> int:
 
 
 def report(config: Config, args: argparse.Namespace) -> int:
-    from pytest_agentic.report import last_report
+    from pytest_agentic.report import find_run, load_run, render_transcript, transcript_files
 
-    print(last_report(config.root))
+    run = load_run(find_run(config.root, args.run))
+    if args.transcript is not None:
+        nodeid, files = transcript_files(run, args.transcript)
+        if not files:
+            raise AgenticError(
+                f"{nodeid}: no transcript in {_rel(config, run.run_dir or config.root)}"
+            )
+        for path in files:
+            print(f"=== {nodeid}: {path.name}")
+            try:
+                messages = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise AgenticError(f"{path}: not a readable transcript ({exc})") from None
+            sys.stdout.write(render_transcript(messages if isinstance(messages, list) else []))
+        return 0
+    if args.format == "markdown":
+        sys.stdout.write(run.markdown())
+    else:
+        print("\n".join([*run.lines(), run.result_line()]))
+    return 0
+
+
+def apply(config: Config, args: argparse.Namespace) -> int:
+    from pytest_agentic.deliver import apply_run
+    from pytest_agentic.report import find_run
+
+    applied, problems = apply_run(config.root, find_run(config.root, args.run))
+    for line in problems:
+        print(line, file=sys.stderr)
+    if problems:
+        print("nothing was applied", file=sys.stderr)
+        return 1
+    for line in applied:
+        print(line)
     return 0
 
 
@@ -275,16 +309,75 @@ def report(config: Config, args: argparse.Namespace) -> int:
 def init(config: Config, args: argparse.Namespace) -> int:
     from pytest_agentic.conventions.init import init_main
 
-    return init_main(
+    status = init_main(
         (["--dry-run"] if args.dry_run else []) + (["--no-verify"] if args.no_verify else [])
+    )
+    if status == 0 and not args.dry_run:
+        hint = pre_push_hint(config.root)
+        if hint:
+            print(hint)
+    return status
+
+
+def pre_push_hint(root: Path) -> str | None:
+    """`pre-commit install` installs only the pre-commit hook: a hook configured for the
+    pre-push stage never runs until its own hook type is installed."""
+    import yaml
+
+    try:
+        data = yaml.safe_load((root / ".pre-commit-config.yaml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    pushing = any(
+        isinstance(hook, dict)
+        and hook.get("id") == "agentic-scope"
+        and any(stage in ("pre-push", "push") for stage in hook.get("stages") or [])
+        for repo in (data.get("repos") or [] if isinstance(data, dict) else [])
+        if isinstance(repo, dict)
+        for hook in repo.get("hooks") or []
+    )
+    if not pushing:
+        return None
+    try:
+        hook = gitrepo.git(root, "rev-parse", "--git-path", "hooks/pre-push", check=False)
+    except AgenticError:
+        return None
+    if hook.returncode == 0:
+        path = root / hook.stdout.decode("utf-8", "replace").strip()
+        try:
+            if "pre-commit" in path.read_text(encoding="utf-8", errors="replace"):
+                return None  # installed already
+        except OSError:
+            pass
+    return (
+        "agentic-scope also runs at pre-push: run `pre-commit install --hook-type pre-push` "
+        "to install that hook"
     )
 
 
 # --- parser -----------------------------------------------------------------------------
 
 
+class _Version(argparse.Action):
+    """`--version`, looked up only when asked for (importlib.metadata is slow to import)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)  # type: ignore[arg-type]
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            found = version("pytest-agentic")
+        except PackageNotFoundError:
+            found = "unknown (not installed)"
+        print(f"{PROG} {found}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action=_Version, help="print the version and exit")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     init_cmd = commands.add_parser(
@@ -361,8 +454,29 @@ def build_parser() -> argparse.ArgumentParser:
         "restore", help="put back every file a fix attempt left changed (after a crash or kill)"
     )
     restore_cmd.set_defaults(func=restore)
-    report_cmd = commands.add_parser("report", help="summarise the newest fix run")
+    report_cmd = commands.add_parser(
+        "report", help="summarise a fix run (the newest by default), or print a transcript"
+    )
+    report_cmd.add_argument(
+        "--format",
+        choices=("text", "markdown"),
+        default="text",
+        help="text (as on the terminal) or markdown (a pull request body)",
+    )
+    report_cmd.add_argument(
+        "--transcript",
+        metavar="NODEID",
+        help="print the conversations for this failure as text (a unique part of its id will do)",
+    )
+    report_cmd.add_argument("--run", metavar="RUN", help="a folder in .agentic/runs/ (or a path)")
     report_cmd.set_defaults(func=report)
+    apply_cmd = commands.add_parser(
+        "apply", help="apply a dry run's patches, only if every one applies cleanly"
+    )
+    apply_cmd.add_argument(
+        "run", nargs="?", metavar="RUN", help="a folder in .agentic/runs/ (default: the newest)"
+    )
+    apply_cmd.set_defaults(func=apply)
 
     scope = commands.add_parser("scope", help="check changes against the active task's scope")
     scopes = scope.add_subparsers(dest="scope_command", metavar="SUBCOMMAND", required=True)

@@ -56,6 +56,7 @@ KEYS: dict[str, tuple[str, Any]] = {
     "max_turns": ("int", 25),
     "budget_tokens": ("int?", None),
     "dry_run": ("bool", False),
+    "commit": ("bool", False),
     "report": ("str?", None),
     "rerun_timeout": ("int", 300),
     "api_timeout": ("int", 600),

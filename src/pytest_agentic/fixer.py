@@ -41,9 +41,12 @@ from pytest_agentic.atomic import write_atomic
 from pytest_agentic.context import first_message
 from pytest_agentic.errors import AgenticError
 from pytest_agentic.plugin import RUN_LOCK
+from pytest_agentic.progress import LiveProgress, parse_refusal
 from pytest_agentic.report import (
     Outcome,
+    Refused,
     RunReport,
+    estimate_cost,
     new_run_dir,
     write_patch,
     write_report,
@@ -79,6 +82,7 @@ class Settings:
     max_retries: int = 2
     context_max_chars: int = 24_000
     workers: int = 4
+    commit: bool = False
 
 
 @dataclass(frozen=True)
@@ -144,10 +148,58 @@ class Job:
     files: tuple[str, ...] = ()
     feedback: str = ""
     journal: Journal | None = None  # the integration into the user's tree, until kept
+    # What a person acts on (issue 11): edits refused, the agent's question, tokens spent,
+    # the kept patch (its file in the run folder and its text), the commit made of it, and
+    # the job whose fix mended this one before it was tried.
+    refusals: list[Refused] = field(default_factory=list)
+    question: str = ""
+    usage: Usage = field(default_factory=Usage)
+    patch: str = ""
+    diff: str = ""
+    commit: str = ""
+    fixed_by: str = ""
 
     @property
     def nodeids(self) -> list[str]:
         return [f.nodeid for f in self.failures]
+
+    def heard(self, kind: str, fields: dict[str, Any]) -> None:
+        """Keep what the tool calls showed: refusals and a give-up question."""
+        if kind != "tool":
+            return
+        raw = fields.get("input")
+        params: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        if fields.get("is_error"):
+            refusal = parse_refusal(str(fields.get("result", "")), params)
+            if refusal is not None and Refused(*refusal) not in self.refusals:
+                self.refusals.append(Refused(*refusal))
+        if fields.get("name") == "give_up":
+            self.question = str(params.get("question", "")).strip()
+
+    def outcomes(self) -> list[Outcome]:
+        """One entry per node id; the others of a job read `fixed by the fix for` its first."""
+        first = self.nodeids[0]
+        reason = self.reason
+        if self.question:  # reported on its own line and in the JSON `question`
+            reason = reason.replace(f" (question: {self.question})", "")
+        usage = {name: getattr(self.usage, name) for name in vars(self.usage)}
+        return [
+            Outcome(
+                nodeid,
+                self.outcome,
+                self.attempts,
+                self.files if nodeid == first else (),
+                reason,
+                refusals=tuple(self.refusals) if nodeid == first else (),
+                question=self.question if nodeid == first else "",
+                fixed_by=self.fixed_by
+                or (first if nodeid != first and self.outcome == "fixed" else ""),
+                usage=usage if nodeid == first else {},
+                patch=self.patch if nodeid == first else "",
+                commit=self.commit if nodeid == first else "",
+            )
+            for nodeid in self.nodeids
+        ]
 
 
 def cause(root: Path, failure: Failure) -> tuple[str, ...]:
@@ -461,16 +513,20 @@ def attempt(run: Run, job: Job) -> tuple[Fix | None, Verdict]:
                 max_turns=settings.max_turns,
                 usage=usage,
                 api_error=anthropic.APIError,
+                on_event=lambda kind, **fields: run.on_event(kind, job=job, **fields),
             )
         except Tainted as exc:
             conversation = Conversation("tainted", _tainted(exc), client.transcript)
         finally:
             run.add_usage(usage)
+            job.usage.add(usage)
         if run.run_dir is not None:
             write_transcript(
                 run.run_dir, job.index, nodeids[0], job.attempts, conversation.transcript
             )
         files = tools.journal.touched
+        if conversation.ended in ("end_turn", "max_turns") and files:
+            run.on_event("judge", job=job)  # the re-run that decides can take a while
         fix = Fix(ws.diff(files), tuple(files), base)
         verdict = judge(run, conversation, ws, fix, nodeids)
         return (fix if verdict.kept else None), verdict
@@ -527,7 +583,7 @@ def integrate(run: Run, job: Job, fix: Fix, fixed_before: list[str]) -> str | No
         candidate = run.integrated.derive(fix.patch)
     except AgenticError:
         if _passes(run, run.integrated, job.nodeids):
-            job.outcome, job.reason = "fixed", "fixed by an earlier fix"
+            job.outcome, job.fixed_by = "fixed", mender(run, job.nodeids)
             return None
         return "its fix conflicts with the fixes integrated before it; not integrated"
     nodeids = [*job.nodeids, *fixed_before]
@@ -596,6 +652,7 @@ def _apply(run: Run, job: Job, fix: Fix, state: Base) -> None:
     run.chain.append((job, fix))
     run.integrated = state
     job.outcome, job.reason, job.files = "fixed", "", fix.files
+    job.patch, job.diff = (path.name if path else ""), fix.patch
     run.on_event("integrated", job=job, patch=path)
 
 
@@ -623,6 +680,20 @@ def _rerun_in(run: Run, state: Base, nodeids: list[str]) -> RunResult:
         return checked_rerun(run, ws, nodeids)
     finally:
         run.discard(ws)
+
+
+def mender(run: Run, nodeids: list[str]) -> str:
+    """The node id whose integrated fix first made `nodeids` pass: the chain's states are
+    rebuilt and tried oldest first (rare: most such failures share a job with their mender)."""
+    state = run.base
+    for earlier, fix in run.chain[:-1]:
+        try:
+            state = state.derive(fix.patch)
+        except AgenticError:
+            break
+        if _passes(run, state, nodeids):
+            return earlier.nodeids[0]
+    return run.chain[-1][0].nodeids[0] if run.chain else ""
 
 
 def _passes(run: Run, state: Base, nodeids: list[str]) -> bool:
@@ -659,8 +730,14 @@ class FixSession:
         self.rootdir = Path(config.rootpath)
         self.failures: dict[str, Failure] = {}
         self.report: RunReport | None = None
-        self.on_event = on_event or _no_event
+        self.listener = on_event or _no_event
+        self.on_event: Callable[..., None] = self.listener
+        self.progress = LiveProgress(lambda text: None)
         self._rerun_seconds = 0.0
+        self._announced: dict[int, tuple[str, str]] = {}  # job index -> (outcome, reason) shown
+        self._announcing = threading.Lock()
+        self._total = 0
+        self._live: Run | None = None  # the run in progress, for the tokens spent so far
 
     # --- pytest hooks -----------------------------------------------------------------------
 
@@ -678,29 +755,124 @@ class FixSession:
             return  # interrupted, internal or usage errors, no tests: nothing to fix
         if not self.failures and self.settings.report is None:
             return
+        from pytest_agentic import progress
+
+        self.progress = progress.for_config(
+            self.config,
+            spent=self._spent,
+            parallel=self.settings.workers > 1,
+            dry_run=self.settings.dry_run,
+        )
+        self.on_event = self._event
         with warnings.catch_warnings(), _sigterm_interrupts():
             # SDK warnings (a deprecated model name, an unclosed client) would become errors
             # in suites with `filterwarnings = error`; they are not the user's tests' business.
             warnings.simplefilter("ignore")
             self.report = self.run(list(self.failures.values()))
+        self.progress.close()
         if self.report.interrupted:
             session.exitstatus = pytest.ExitCode.INTERRUPTED
         elif all(o.outcome == "fixed" for o in self.report.outcomes):
             session.exitstatus = pytest.ExitCode.OK
         else:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        self.report.exit_status = int(session.exitstatus)
+        self.session = session
+        self._write_reports(self.report)
 
-    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if self.report is None or not (self.report.outcomes or self.report.interrupted):
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        """The fix section goes last, after pytest's short summary (printed in its
+        `pytest_terminal_summary` wrapper, after every other plugin's summary) and after its
+        `N failed, M passed` line (printed in its `pytest_sessionfinish` wrapper): the last
+        lines on screen say what the fix loop did and which exit status follows."""
+        report = self.report
+        session = getattr(self, "session", None)
+        if report is None or session is None:
             return
-        terminalreporter.write_sep("=", "pytest-agentic fix")
-        if self.report.interrupted:
-            terminalreporter.write_line("interrupted: every file the fixer touched was restored")
-        for line in self.report.lines():
-            terminalreporter.write_line(line)
-        if self.report.outcomes:
+        if int(session.exitstatus) != report.exit_status:
+            # A plugin after us changed it (pytest's own `--max-warnings` does, after every
+            # `pytest_sessionfinish`): the last line and the report say what the shell sees.
+            report.exit_status = int(session.exitstatus)
+            self._write_reports(report)
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if report.outcomes:
+            from pytest_agentic.deliver import append_step_summary
+
+            problem = append_step_summary(report)
+            if problem and reporter is not None:
+                reporter.write_line(f"pytest-agentic: {problem}")
+        if reporter is None or not (report.outcomes or report.interrupted):
+            return
+        reporter.write_sep("=", "pytest-agentic fix")
+        for line in report.lines():
+            reporter.write_line(line)
+        if report.outcomes:
             rerun = self.settings.rerun
-            terminalreporter.write_line(describe_sandbox(rerun.sandbox, rerun.sandbox_network))
+            reporter.write_line(describe_sandbox(rerun.sandbox, rerun.sandbox_network))
+        fixed_all = report.exit_status == 0
+        reporter.write_line(report.result_line(), bold=True, green=fixed_all, red=not fixed_all)
+
+    def _write_reports(self, report: RunReport) -> None:
+        paths = [
+            p
+            for p in (report.run_dir and report.run_dir / "report.json", self.settings.report)
+            if p is not None
+        ]
+        write_report(report, paths)
+
+    # --- live progress ----------------------------------------------------------------------
+
+    def _spent(self) -> tuple[int, float]:
+        total = self._live.usage if self._live is not None else Usage()
+        usage = {name: getattr(total, name) for name in vars(total)}
+        return total.total, estimate_cost(self.settings.model, usage)
+
+    def _event(self, kind: str, **fields: Any) -> None:
+        """The run's events (from worker threads too) as progress lines: each job's node id
+        and place, its verdict once it is final."""
+        self.listener(kind, **fields)
+        job = fields.pop("job", None)
+        if job is None:
+            self.progress(kind, **fields)  # confirm, confirmed; others are not shown
+            return
+        job.heard(kind, fields)
+        where = {"nodeid": job.nodeids[0], "index": job.index, "total": self._total}
+        if kind == "attempt":
+            self.progress(kind, **where, max_attempts=self.settings.max_attempts, **fields)
+        elif kind in ("tool", "text", "judge"):
+            self.progress(kind, **where, **fields)
+        elif kind == "judged":
+            verdict = fields.get("verdict")
+            if verdict is not None and not verdict.kept:
+                self.progress("rejected", **where, reason=verdict.reason)
+            if verdict is not None and (
+                verdict.final or (not verdict.kept and job.attempts >= self.settings.max_attempts)
+            ):
+                self._announce(job, final_reason=verdict.reason)
+        elif kind in ("integrated", "user_won"):
+            self._announce(job)
+
+    def _announce(self, job: Job, final_reason: str | None = None) -> None:
+        """A job's verdict line(s), once per change of its outcome."""
+        outcome = "not_fixed" if final_reason is not None else job.outcome
+        reason = final_reason if final_reason is not None else job.reason
+        with self._announcing:  # workers announce too
+            if self._announced.get(job.index) == (outcome, reason):
+                return
+            self._announced[job.index] = (outcome, reason)
+        for record in job.outcomes():
+            self.progress(
+                "verdict",
+                nodeid=record.nodeid,
+                index=job.index,
+                total=self._total,
+                outcome=outcome,
+                reason=reason.replace(f" (question: {job.question})", "")
+                if job.question
+                else reason,
+                attempts=record.attempts if not record.fixed_by else 0,
+                fixed_by=record.fixed_by,
+            )
 
     # --- the run ----------------------------------------------------------------------------
 
@@ -716,12 +888,18 @@ class FixSession:
         try:
             if failures:
                 report.run_dir = new_run_dir(self.root)
+                self.on_event("confirm", count=len(failures))
                 early = EarlyClient(settings)  # the SDK import overlaps the confirm re-run
                 flaky = self._confirm([f.nodeid for f in failures])
+                self.on_event("confirmed", confirmed=len(failures) - len(flaky), flaky=flaky)
                 jobs = plan(self.rootdir, [f for f in failures if f.nodeid not in flaky])
+                self._total = len(jobs)
+                # Lines name their failure when workers interleave them.
+                self.progress.parallel = settings.workers > 1 and len(jobs) > 1
                 if jobs:
                     base = snapshot_base(self.root, self._scratch())
                     run = Run(self.root, settings, base, report.run_dir, self.on_event, early)
+                    self._live = run
                     for job in jobs:
                         job.context = first_message(
                             self.rootdir,
@@ -739,6 +917,10 @@ class FixSession:
                 stop(run, jobs, children, restore=report.interrupted)
             elif early is not None:
                 early.close()
+        for job in jobs:
+            if settings.commit and not report.interrupted and job.outcome == "fixed" and job.diff:
+                self._commit(job)  # integrated and verified; its journal was kept in `stop`
+            self._announce(job)  # what no event announced: skipped, mended, reverted
         report.outcomes = outcomes(failures, flaky, jobs)
         usage = run.usage if run is not None else Usage()
         report.usage = {name: getattr(usage, name) for name in vars(usage)}
@@ -746,14 +928,32 @@ class FixSession:
             "fix_loop": round(time.perf_counter() - started, 3),
             "test_reruns": round(self._rerun_seconds + (run.rerun_seconds if run else 0.0), 3),
         }
-        paths = [
-            p
-            for p in (report.run_dir and report.run_dir / "report.json", settings.report)
-            if p is not None
-        ]
-        write_report(report, paths)
         self.on_event("done", report=report)
         return report
+
+    def _commit(self, job: Job) -> None:
+        """`--agent-commit`: a kept fix becomes a commit of its own changes only. After the
+        final verification, not at integration: a fix that verification takes out again
+        must not already be history."""
+        from pytest_agentic.deliver import commit_fix
+
+        nodeid = job.nodeids[0]
+        body = [
+            f"pytest-agentic kept this fix after re-running {nodeid}: it passes "
+            f"(attempt {job.attempts} of {self.settings.max_attempts}, "
+            f"model {self.settings.model}).",
+        ]
+        if job.reason:
+            body.append(job.reason)
+        if len(job.nodeids) > 1:
+            body.append("It also fixes:\n" + "\n".join(f"- {n}" for n in job.nodeids[1:]))
+        try:
+            job.commit = commit_fix(self.root, nodeid, job.diff, job.files, "\n\n".join(body))
+        except AgenticError as exc:
+            job.reason = str(exc)
+            self.progress("note", text=f"{nodeid}: {exc}")
+            return
+        self.progress("commit", nodeid=nodeid, index=job.index, total=self._total, sha=job.commit)
 
     def _confirm(self, nodeids: list[str]) -> list[str]:
         """Re-run every failure once, in the user's tree (no agent code exists yet); one that
@@ -803,7 +1003,7 @@ def dispatch(run: Run, jobs: list[Job]) -> None:
         while waiting and len(running) < run.settings.workers:
             ready = waiting.pop(0)
             if run.chain and ready.attempts == 0 and _passes(run, run.integrated, ready.nodeids):
-                ready.outcome, ready.reason = "fixed", "fixed by an earlier fix"
+                ready.outcome, ready.fixed_by = "fixed", mender(run, ready.nodeids)
                 settled[ready.index] = None
                 continue
             future = _spawn(work, run, ready)
@@ -891,8 +1091,7 @@ def outcomes(failures: list[Failure], flaky: list[str], jobs: list[Job]) -> list
         if f.nodeid in flaky:
             found.append(Outcome(f.nodeid, "flaky", 0, (), "passed on re-run"))
         elif f.nodeid in by_id:
-            job = by_id[f.nodeid]
-            found.append(Outcome(f.nodeid, job.outcome, job.attempts, job.files, job.reason))
+            found += [o for o in by_id[f.nodeid].outcomes() if o.nodeid == f.nodeid]
     return found
 
 

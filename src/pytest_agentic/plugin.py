@@ -20,6 +20,7 @@ HELP_MAX_TURNS = "tool-use turns per attempt (default 25)."
 HELP_BUDGET = "stop dispatching failures once this many tokens are spent (default: no limit)."
 HELP_DRY_RUN = "propose patches in .agentic/runs/ but leave the working tree as it was."
 HELP_REPORT = "also write the JSON report to PATH."
+HELP_COMMIT = "commit each kept fix on its own (message `Fix <node id>`), only its files."
 
 #: The run lock (`sandbox.Lock`) of a fix run, taken in `resolve_settings` and released at
 #: `config` cleanup; the fixer finds the run's scratch folder on it.
@@ -34,6 +35,7 @@ _SETTINGS = {
     "agent_budget_tokens": "budget_tokens",
     "agent_dry_run": "dry_run",
     "agent_report": "report",
+    "agent_commit": "commit",
     "agent_workers": "workers",
 }
 
@@ -57,6 +59,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--agent-budget-tokens", type=_positive_int, metavar="N", help=HELP_BUDGET)
     group.addoption("--agent-dry-run", action="store_true", default=None, help=HELP_DRY_RUN)
     group.addoption("--agent-report", metavar="PATH", help=HELP_REPORT)
+    group.addoption("--agent-commit", action="store_true", default=None, help=HELP_COMMIT)
     group.addoption("--agent-workers", type=_positive_int, metavar="N", help=HELP_WORKERS)
 
 
@@ -168,6 +171,21 @@ def _resolve_settings(config: pytest.Config, root: Path) -> Any:
             "--agent-fix needs an Anthropic API key: set ANTHROPIC_API_KEY "
             "(or ANTHROPIC_AUTH_TOKEN)"
         )
+    commit = bool(value("agent_commit"))
+    if commit:
+        from pytest_agentic.deliver import commit_refusal
+
+        if value("agent_dry_run"):
+            raise pytest.UsageError(
+                "--agent-commit and --agent-dry-run contradict each other: a dry run keeps "
+                "no fix to commit; drop one"
+            )
+        try:
+            refusal = commit_refusal(root)
+        except AgenticError as exc:
+            refusal = str(exc)
+        if refusal:
+            raise pytest.UsageError(refusal)
     report = value("agent_report")
     rerun = RerunSettings(
         rootdir=Path(config.rootpath),
@@ -191,5 +209,6 @@ def _resolve_settings(config: pytest.Config, root: Path) -> Any:
         task=task,
         api_timeout=float(settings_file["api_timeout"]),
         context_max_chars=int(settings_file["context_max_chars"]),
+        commit=commit,
         workers=int(value("agent_workers")),
     )
