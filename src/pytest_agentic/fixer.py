@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import dataclasses
 import os
 import signal
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ import pytest
 
 from pytest_agentic.agent import Conversation, Toolbox, Usage, converse
 from pytest_agentic.report import (
+    AttemptDetail,
+    CheckResult,
     Outcome,
     RunReport,
     new_run_dir,
@@ -33,6 +36,17 @@ from pytest_agentic.report import (
 from pytest_agentic.runner import RerunSettings, RunResult, run_tests
 from pytest_agentic.scope import PathPolicy
 from pytest_agentic.tasks import Task
+from pytest_agentic.validate import (
+    FileChange,
+    Verdict,
+    affected_tests,
+    assertion_literals,
+    diff_budget,
+    project_checks,
+    regression,
+    special_cases,
+    tamper,
+)
 from pytest_agentic.workspace import Journal
 
 CONTEXT_LINES = 12
@@ -55,6 +69,11 @@ class Settings:
     task: Task | None
     api_timeout: float
     max_retries: int = 2
+    review: bool = True
+    review_model: str = ""
+    max_diff_lines: int = 200
+    checks: tuple[str, ...] = ()
+    workers: str | None = None  # the session's `-n` under pytest-xdist, for the final run
 
 
 @dataclass(frozen=True)
@@ -102,6 +121,7 @@ class Progress:
     reason: str = ""
     files: list[str] = field(default_factory=list)
     journal: Journal | None = None
+    details: list[AttemptDetail] = field(default_factory=list)
 
 
 class FixSession:
@@ -115,6 +135,11 @@ class FixSession:
         self.usage = Usage()
         self.report: RunReport | None = None
         self.rerun_seconds = 0.0
+        self.passed: dict[str, None] = {}  # node ids that passed in the session, in order
+        self.test_files: set[str] = set()  # files the session collected tests from
+        self.reported_files: set[str] = set()  # the same, from node ids (xdist controller)
+        self._target_output = ""
+        self._review_transcript: list[dict[str, Any]] = []
 
     def _run(self, nodeids: Sequence[str]) -> RunResult:
         result = run_tests(nodeids, self.settings.rerun)
@@ -123,7 +148,24 @@ class FixSession:
 
     # --- pytest hooks ---------------------------------------------------------------------
 
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        for item in items:
+            # A doctest's "test file" is the module under test: that one stays fixable.
+            if type(item).__name__ == "DoctestItem" and item.path.suffix == ".py":
+                continue
+            rel = _rel_inside(self.root, str(item.path))
+            if rel is not None:
+                self.test_files.add(rel)
+
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        # Under xdist the controller collects nothing: the node ids name the test files.
+        test_file = _collected_file(report.nodeid)
+        if test_file is not None:
+            self.reported_files.add(test_file)
+        if report.failed:
+            self.passed.pop(report.nodeid, None)
+        elif report.when == "call" and report.passed and report.nodeid not in self.failures:
+            self.passed[report.nodeid] = None
         if (
             report.failed
             and report.when in ("setup", "call")
@@ -207,7 +249,14 @@ class FixSession:
             else:
                 item.journal.keep()
         report.outcomes = [
-            Outcome(p.failure.nodeid, p.outcome, p.attempts, tuple(p.files), p.reason)
+            Outcome(
+                p.failure.nodeid,
+                p.outcome,
+                p.attempts,
+                tuple(p.files),
+                p.reason,
+                tuple(p.details),
+            )
             for p in progress.values()
         ]
         report.usage = {name: getattr(self.usage, name) for name in vars(self.usage)}
@@ -236,13 +285,29 @@ class FixSession:
         budget = self.settings.budget_tokens
         return budget is not None and self.usage.total >= budget
 
+    def _session_files(self) -> set[str]:
+        """The session's own test files, the conftests it loaded and its ini file."""
+        files = set(self.test_files or self.reported_files)
+        for plugin in self.config.pluginmanager.get_plugins():
+            path = getattr(plugin, "__file__", None)
+            if isinstance(path, str) and os.path.basename(path) == "conftest.py":
+                files.add(_rel_inside(self.root, path) or "")
+        if self.config.inipath is not None:
+            files.add(_rel_inside(self.root, str(self.config.inipath)) or "")
+        files.discard("")
+        return files
+
     def _fix(self, client: Any, index: int, item: Progress, run_dir: Path | None) -> None:
         import anthropic
 
         settings = self.settings
         nodeid = item.failure.nodeid
         policy = PathPolicy(
-            self.root, task=settings.task, protected=settings.protected, for_agent=True
+            self.root,
+            task=settings.task,
+            protected=settings.protected,
+            for_agent=True,
+            protected_paths=self._session_files(),
         )
         context = first_message(self.root, [item.failure], settings.task)
         feedback = ""
@@ -274,8 +339,18 @@ class FixSession:
             )
             if run_dir is not None:
                 write_transcript(run_dir, index, nodeid, attempt, conversation.transcript)
-            verdict, detail = self._judge(conversation, journal, nodeid)
-            if not verdict:
+            verdicts = self._judge(conversation, journal, item, client, context)
+            if run_dir is not None and self._review_transcript:
+                write_transcript(run_dir, index, nodeid, attempt, self._review_transcript, "review")
+            failed = next((v for v in verdicts if not v.ok), None)
+            item.details.append(
+                AttemptDetail(
+                    attempt,
+                    failed is None,
+                    tuple(CheckResult(v.check, v.ok, v.reason) for v in verdicts),
+                )
+            )
+            if failed is None:
                 item.outcome, item.reason = "fixed", ""
                 item.files = journal.touched
                 if run_dir is not None:
@@ -283,26 +358,61 @@ class FixSession:
                 return
             journal.restore()
             item.journal = None
-            item.reason = verdict
+            item.reason = failed.reason
             feedback = (
-                f"Attempt {attempt} did not fix it: {verdict}. Every change it made was "
-                "reverted. Try a different approach." + (f"\n```\n{detail}\n```" if detail else "")
+                f"Attempt {attempt} did not fix it: {failed.reason}. Every change it made was "
+                "reverted. Try a different approach."
+                + (f"\n{failed.feedback}" if failed.feedback else "")
             )
             if conversation.ended == "gave_up":
                 return
 
-    def _judge(self, conversation: Conversation, journal: Journal, nodeid: str) -> tuple[str, str]:
-        """("", "") when the attempt's change makes the test pass, else (why not in one
-        line, the re-run's output for the next attempt)."""
+    def _judge(
+        self,
+        conversation: Conversation,
+        journal: Journal,
+        item: Progress,
+        client: Any,
+        context: list[dict[str, Any]],
+    ) -> list[Verdict]:
+        """The gate, in order; it stops at the first check that says no (the last verdict).
+        Target passes -> no regression in affected passing tests -> tamper -> diff budget ->
+        project checks -> reviewer."""
+        self._review_transcript = []
         if conversation.ended == "api_error":
-            return conversation.reason, ""
+            return [Verdict("agent", False, conversation.reason)]
         if conversation.ended == "gave_up":
-            return f"the agent gave up: {conversation.reason}", ""
+            return [Verdict("agent", False, f"the agent gave up: {conversation.reason}")]
         if not journal.touched:
-            return "the agent changed no file", ""
+            return [Verdict("agent", False, "the agent changed no file")]
+        nodeid = item.failure.nodeid
+        verdicts = [self._target(conversation, nodeid)]
+        changes = _changes(self.root, journal)
+        settings = self.settings
+        steps: list[Callable[[], Verdict]] = [
+            lambda: self._regression(item, [c.path for c in changes]),
+            lambda: tamper(changes),
+            lambda: diff_budget(changes, settings.max_diff_lines),
+            lambda: project_checks(
+                settings.checks,
+                [c.path for c in changes if c.new is not None],
+                self.root,
+                settings.rerun.timeout,
+            ),
+        ]
+        if settings.review:
+            steps.append(lambda: self._review(client, item, journal, changes, context, verdicts))
+        for step in steps:
+            if not verdicts[-1].ok:
+                break
+            verdicts.append(step())
+        return verdicts
+
+    def _target(self, conversation: Conversation, nodeid: str) -> Verdict:
         result = self._run([nodeid])
+        self._target_output = result.output
         if result.passed([nodeid]):
-            return "", ""
+            return Verdict("target", True, "the failing test passes")
         summary = next(
             (
                 line
@@ -314,15 +424,68 @@ class FixSession:
         why = "the test still fails" + (f": {summary}" if summary else "")
         if conversation.ended == "max_turns":
             why = f"{conversation.reason}, and {why}"
-        return why, result.output[-4000:]
+        return Verdict("target", False, why, f"```\n{result.output[-4000:]}\n```")
+
+    def _regression(self, item: Progress, changed: list[str]) -> Verdict:
+        """Re-run the session's passing tests the change can affect (static import graph)."""
+        passing = [n for n in self.passed if n != item.failure.nodeid]
+        nodeids = affected_tests(self.root, changed, passing, [item.failure.nodeid])
+        if not nodeids:
+            return Verdict("regression", True, "no passing test imports the changed files")
+        result = self._run(nodeids)
+        self._target_output += f"\n[{len(nodeids)} affected passing test(s) re-run]\n"
+        return regression(nodeids, result.outcomes, result.output, result.timed_out)
+
+    def _review(
+        self,
+        client: Any,
+        item: Progress,
+        journal: Journal,
+        changes: list[FileChange],
+        context: list[dict[str, Any]],
+        verdicts: list[Verdict],
+    ) -> Verdict:
+        import anthropic
+
+        from pytest_agentic.review import review, review_message
+
+        failure = item.failure
+        literals: set[object] = set()
+        lines = _read(self.root, failure.path) if failure.path else None
+        if lines is not None:
+            literals = assertion_literals("\n".join(lines), failure.lineno)
+        flags = special_cases(changes, literals)
+        ran = "\n".join(f"{v.check}: {v.reason}" for v in verdicts)
+        message = review_message(
+            context[0]["text"], journal.diff(), ran + "\n" + self._target_output, flags
+        )
+        policy = PathPolicy(self.root, for_agent=True)
+        toolbox = Toolbox(self.root, policy, journal, lambda: "", read_only=True)
+        outcome = review(
+            client,
+            model=self.settings.review_model or self.settings.model,
+            message=message,
+            toolbox=toolbox,
+            usage=self.usage,
+            api_error=anthropic.APIError,
+        )
+        self._review_transcript = outcome.transcript
+        return outcome.verdict
 
     def _verify(self, progress: dict[str, Progress], kept: list[Progress]) -> None:
-        """All originally failing tests together; undo the newest kept fix while any fixed
-        test fails again (a later fix broke an earlier one)."""
+        """The session's whole selection once (the tests that passed and the fixed ones,
+        with the session's `-n`); undo the newest kept fix while any of them fails (a later
+        fix broke an earlier one, or a test the per-attempt graph did not reach)."""
+        args = list(self.settings.rerun.extra_args)
+        if self.settings.workers and args[-2:] == ["-n", "0"]:
+            args[-1] = self.settings.workers
+        final = dataclasses.replace(self.settings.rerun, extra_args=tuple(args))
         while kept:
             fixed = [p.failure.nodeid for p in progress.values() if p.outcome == "fixed"]
-            result = self._run(fixed)
-            broken = result.failing(fixed)
+            selection = list(dict.fromkeys([*self.passed, *fixed]))
+            result = run_tests(selection, final)
+            self.rerun_seconds += result.seconds
+            broken = result.failing(selection)
             if not broken:
                 return
             last = kept.pop()
@@ -349,6 +512,31 @@ def _sigterm_interrupts() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _collected_file(nodeid: str) -> str | None:
+    """The file a node id's test was collected from, unless it looks like a doctest in a
+    module (`pkg/mod.py::pkg.mod.func`, `calc.py::calc`): that file is the code under test."""
+    path, sep, name = nodeid.partition("::")
+    name = name.split("[", 1)[0]
+    if not sep or (path.endswith(".py") and ("." in name or name == Path(path).stem)):
+        return None
+    return path
+
+
+def _changes(root: Path, journal: Journal) -> list[FileChange]:
+    """What an attempt changed, as text before and after."""
+
+    def text(data: bytes | None) -> str | None:
+        return None if data is None else data.decode("utf-8", "replace")
+
+    changes = []
+    for rel, old in journal.originals().items():
+        path = root / rel
+        new = path.read_bytes() if path.is_file() else None
+        if new != old:
+            changes.append(FileChange(rel, text(old), text(new)))
+    return changes
 
 
 def describe(result: RunResult, nodeids: Sequence[str]) -> str:

@@ -20,6 +20,8 @@ HELP_MAX_TURNS = "tool-use turns per attempt (default 25)."
 HELP_BUDGET = "stop dispatching failures once this many tokens are spent (default: no limit)."
 HELP_DRY_RUN = "propose patches in .agentic/runs/ but leave the working tree as it was."
 HELP_REPORT = "also write the JSON report to PATH."
+HELP_REVIEW = "a reviewer conversation must approve each fix before it is kept (default: on)."
+HELP_NO_REVIEW = "keep fixes that pass the tests and checks without a reviewer."
 
 # option dest -> its key in [tool.pytest-agentic]
 _SETTINGS = {
@@ -29,6 +31,7 @@ _SETTINGS = {
     "agent_budget_tokens": "budget_tokens",
     "agent_dry_run": "dry_run",
     "agent_report": "report",
+    "agent_review": "review",
 }
 
 
@@ -51,6 +54,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--agent-budget-tokens", type=_positive_int, metavar="N", help=HELP_BUDGET)
     group.addoption("--agent-dry-run", action="store_true", default=None, help=HELP_DRY_RUN)
     group.addoption("--agent-report", metavar="PATH", help=HELP_REPORT)
+    group.addoption(
+        "--agent-review", action="store_true", dest="agent_review", default=None, help=HELP_REVIEW
+    )
+    group.addoption(
+        "--no-agent-review",
+        action="store_false",
+        dest="agent_review",
+        default=None,
+        help=HELP_NO_REVIEW,
+    )
 
 
 def _wants_fix(config: pytest.Config) -> bool:
@@ -131,6 +144,15 @@ def resolve_settings(config: pytest.Config) -> Any:
             "(or ANTHROPIC_AUTH_TOKEN)"
         )
     report = value("agent_report")
+    from pytest_agentic.validate import check_problem
+
+    for command in settings_file["checks"]:
+        problem = check_problem(command)
+        if problem is not None:
+            raise pytest.UsageError(
+                f"{settings_file.path}: [tool.pytest-agentic] checks: {problem}"
+            )
+    model = str(value("agent_model") or DEFAULT_MODEL)
     rerun = RerunSettings(
         rootdir=root,
         inifile=Path(config.inipath) if config.inipath else None,
@@ -141,7 +163,7 @@ def resolve_settings(config: pytest.Config) -> Any:
     )
     return Settings(
         max_attempts=int(value("agent_max_attempts")),
-        model=str(value("agent_model") or DEFAULT_MODEL),
+        model=model,
         max_turns=int(value("agent_max_turns")),
         budget_tokens=value("agent_budget_tokens"),
         dry_run=bool(value("agent_dry_run")),
@@ -150,4 +172,17 @@ def resolve_settings(config: pytest.Config) -> Any:
         protected=tuple(settings_file.protected),
         task=task,
         api_timeout=float(settings_file["api_timeout"]),
+        review=bool(value("agent_review")),
+        review_model=str(settings_file["review_model"] or model),
+        max_diff_lines=int(settings_file["max_diff_lines"]),
+        checks=tuple(settings_file["checks"]),
+        workers=_workers(config),
     )
+
+
+def _workers(config: pytest.Config) -> str | None:
+    """The session's `-n` (pytest-xdist), repeated by the final run of the whole selection."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return None
+    value = config.getoption("numprocesses", None)
+    return str(value) if value not in (None, 0, "0") else None

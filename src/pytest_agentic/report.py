@@ -25,6 +25,29 @@ PRICES = {
 
 
 @dataclass(frozen=True)
+class CheckResult:
+    """One check of the validation gate on one attempt (`validate.Verdict` minus feedback)."""
+
+    check: str  # target | regression | tamper | diff_budget | checks | review | ...
+    ok: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class AttemptDetail:
+    """What the gate said about one attempt: the checks that ran, in order; the first one
+    not ok (if any) is what stopped it."""
+
+    attempt: int
+    kept: bool
+    checks: tuple[CheckResult, ...] = ()
+
+    @property
+    def stopped_by(self) -> CheckResult | None:
+        return next((c for c in self.checks if not c.ok), None)
+
+
+@dataclass(frozen=True)
 class Outcome:
     """The verdict on one originally failing test."""
 
@@ -33,6 +56,7 @@ class Outcome:
     attempts: int = 0
     files_changed: tuple[str, ...] = ()
     reason: str = ""
+    attempts_detail: tuple[AttemptDetail, ...] = ()
 
 
 @dataclass
@@ -59,7 +83,15 @@ class RunReport:
     def to_json(self) -> dict[str, Any]:
         return {
             "failures": [
-                {**asdict(o), "files_changed": list(o.files_changed)} for o in self.outcomes
+                {
+                    **asdict(o),
+                    "files_changed": list(o.files_changed),
+                    "attempts_detail": [
+                        {**asdict(d), "checks": [asdict(c) for c in d.checks]}
+                        for d in o.attempts_detail
+                    ],
+                }
+                for o in self.outcomes
             ],
             "usage": dict(self.usage),
             "model": self.model,
@@ -83,6 +115,10 @@ class RunReport:
                 out.append(f"skipped ({o.reason}): {o.nodeid}")
             else:
                 out.append(f"not fixed ({o.reason}): {o.nodeid}")
+            for detail in o.attempts_detail:
+                stop = detail.stopped_by
+                if stop is not None and not detail.kept:
+                    out.append(f"  attempt {detail.attempt} stopped by {stop.check}: {stop.reason}")
         files = sorted({f for o in self.outcomes if o.outcome == "fixed" for f in o.files_changed})
         if files:
             out.append(f"files changed: {', '.join(files)}")
@@ -122,9 +158,11 @@ def write_patch(run_dir: Path, index: int, nodeid: str, diff: str) -> Path:
 
 
 def write_transcript(
-    run_dir: Path, index: int, nodeid: str, attempt: int, data: Sequence[Any]
+    run_dir: Path, index: int, nodeid: str, attempt: int, data: Sequence[Any], kind: str = ""
 ) -> None:
-    path = run_dir / "transcripts" / f"{index:02d}-{slug(nodeid)}-attempt{attempt}.json"
+    """One conversation; `kind` "review" names an attempt's review conversation."""
+    suffix = f"-{kind}" if kind else ""
+    path = run_dir / "transcripts" / f"{index:02d}-{slug(nodeid)}-attempt{attempt}{suffix}.json"
     write_atomic(path, json.dumps(list(data), indent=1, ensure_ascii=False, default=str))
 
 
@@ -149,6 +187,12 @@ def last_report(root: Path) -> str:
                 f["attempts"],
                 tuple(f["files_changed"]),
                 f.get("reason", ""),
+                tuple(
+                    AttemptDetail(
+                        d["attempt"], d["kept"], tuple(CheckResult(**c) for c in d["checks"])
+                    )
+                    for d in f.get("attempts_detail", [])
+                ),
             )
             for f in data["failures"]
         ],

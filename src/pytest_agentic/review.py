@@ -125,6 +125,7 @@ def review(
             transcript,
         )
 
+    nudged = False
     for turn in range(max_turns):
         request = messages[:-1] + [_with_cache_point(messages[-1])] if turn else messages
         try:
@@ -161,7 +162,10 @@ def review(
                 result["is_error"] = True
             results.append(result)
         if not calls:
-            # An answer in prose: ask once more for the tool call the verdict is read from.
+            # An answer in prose: ask once for the tool call the verdict is read from.
+            if nudged:
+                return not_had("the reviewer answered without calling submit_review")
+            nudged = True
             results = [{"type": "text", "text": "Give your verdict by calling submit_review."}]
         messages.append({"role": "user", "content": results})
         transcript.append({"role": "user", "content": results})
