@@ -155,6 +155,8 @@ if _out:
     ("path", "old", "new", "finding"),
     [
         ("src/pkg/__init__.py", "", PATCH_REPORTS, "src/pkg/__init__.py:1: pytest internals"),
+        # No other passing test here: a re-run of test_mul (named by its file, which the
+        # forger cannot know the node ids of) would already reject it as a regression.
         (
             "src/pkg/calc.py",
             "def mul",
@@ -173,6 +175,8 @@ def test_code_that_games_the_runner_is_rejected_by_the_tamper_check(
     new: str,
     finding: str,
 ) -> None:
+    if "os._exit" in finding:
+        (project / "tests/test_mul.py").unlink()
     before = snapshot(project)
     if old:
         hack = edit(path, old, new)
@@ -195,16 +199,20 @@ def test_code_that_games_the_runner_is_rejected_by_the_tamper_check(
     assert snapshot(project) == before
     # ... and the user's next plain run still sees the real failure.
     plain = pytester.runpytest_subprocess("-p", "no:agentic")
-    plain.assert_outcomes(failed=1, passed=1)
+    plain.assert_outcomes(failed=1, passed=len(list(project.glob("tests/test_mul.py"))))
 
 
 def test_a_fix_that_breaks_a_passing_test_is_rejected_and_named(
     pytester: pytest.Pytester, project: Path, fake_anthropic: FakeAnthropic
 ) -> None:
+    # A test the session deselected (-k) is never run by a re-run either.
+    with (project / "tests/test_mul.py").open("a") as fh:
+        fh.write("\n\ndef test_deselected():\n    open('DESELECTED-RAN', 'w').close()\n")
     wrong = edit("src/pkg/calc.py", CALC, CALC.replace("a - b", "a + b").replace("a * b", "0"))
     fake_anthropic.reply(message(wrong), done(), message(FIX), done(), approve())
-    result = pytester.runpytest("--agent-fix", "--agent-max-attempts", "2")
+    result = pytester.runpytest("--agent-fix", "--agent-max-attempts", "2", "-k", "not deselected")
     assert result.ret == 0
+    assert not (project / "DESELECTED-RAN").exists()
     feedback = feedback_of(fake_anthropic.requests[2])
     assert feedback.startswith(
         "Attempt 1 did not fix it: it broke 1 test(s) that passed before: "

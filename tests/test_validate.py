@@ -14,6 +14,7 @@ from pytest_agentic.validate import (
     assertion_literals,
     check_argv,
     check_problem,
+    compact,
     diff_budget,
     import_graph,
     importers,
@@ -94,6 +95,12 @@ def test_affected_tests_are_the_importers_and_their_conftests(tmp_path: Path) ->
         )
         == passing
     )
+
+
+def test_compact_names_whole_files_by_path() -> None:
+    ids = ["a.py::t1", "a.py::t2[x::y]", "b.py::t3", "b.py::t4", "m.py::m.func"]
+    assert compact(ids, {"a.py"}) == ["a.py", "b.py::t3", "b.py::t4", "m.py::m.func"]
+    assert compact(ids, set()) == ids
 
 
 def test_regression_names_every_newly_failing_test() -> None:

@@ -41,6 +41,7 @@ from pytest_agentic.validate import (
     Verdict,
     affected_tests,
     assertion_literals,
+    compact,
     diff_budget,
     project_checks,
     regression,
@@ -138,6 +139,7 @@ class FixSession:
         self.passed: dict[str, None] = {}  # node ids that passed in the session, in order
         self.test_files: set[str] = set()  # files the session collected tests from
         self.reported_files: set[str] = set()  # the same, from node ids (xdist controller)
+        self.partial_files: set[str] = set()  # files some of whose tests were deselected
         self._target_output = ""
         self._review_transcript: list[dict[str, Any]] = []
 
@@ -156,6 +158,18 @@ class FixSession:
             rel = _rel_inside(self.root, str(item.path))
             if rel is not None:
                 self.test_files.add(rel)
+
+    def pytest_deselected(self, items: Sequence[pytest.Item]) -> None:
+        for item in items:
+            self.partial_files.add(_rel_inside(self.root, str(item.path)) or "")
+
+    def _whole_files(self) -> set[str]:
+        """Test files a re-run may name by path: the session ran every test collected from
+        them (no `-k`/`-m`/`--deselect` took any away, no `file::test` argument chose some).
+        Known only where collection happened (not in an xdist controller)."""
+        if any("::" in arg for arg in self.config.invocation_params.args):
+            return set()
+        return self.test_files - self.partial_files
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         # Under xdist the controller collects nothing: the node ids name the test files.
@@ -432,7 +446,7 @@ class FixSession:
         nodeids = affected_tests(self.root, changed, passing, [item.failure.nodeid])
         if not nodeids:
             return Verdict("regression", True, "no passing test imports the changed files")
-        result = self._run(nodeids)
+        result = self._run(compact(nodeids, self._whole_files()))
         self._target_output += f"\n[{len(nodeids)} affected passing test(s) re-run]\n"
         return regression(nodeids, result.outcomes, result.output, result.timed_out)
 
@@ -483,7 +497,7 @@ class FixSession:
         while kept:
             fixed = [p.failure.nodeid for p in progress.values() if p.outcome == "fixed"]
             selection = list(dict.fromkeys([*self.passed, *fixed]))
-            result = run_tests(selection, final)
+            result = run_tests(compact(selection, self._whole_files()), final)
             self.rerun_seconds += result.seconds
             broken = result.failing(selection)
             if not broken:

@@ -20,7 +20,7 @@ import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -205,6 +205,17 @@ def affected_tests(
     if targets and not any(_reaches(_test_file(t), affected) for t in targets):
         return list(passing)
     return [n for n in passing if _reaches(_test_file(n), affected)]
+
+
+def compact(nodeids: Sequence[str], whole_files: Collection[str]) -> list[str]:
+    """`nodeids` as re-run arguments: a file whose every collected test the session ran is
+    named by its path instead of its node ids. Thousands of node ids overflow the command
+    line, and pytest matches each one against its module's items on its own."""
+    args: dict[str, None] = {}
+    for nodeid in nodeids:
+        path = _test_file(nodeid)
+        args[path if path in whole_files else nodeid] = None
+    return list(args)
 
 
 def regression(
