@@ -26,7 +26,7 @@ sys.path.insert(0, str(HERE / "tests"))
 
 from fake_anthropic import FakeAnthropic, approve, message, tool_use  # noqa: E402
 from pytest_agentic.runner import RerunSettings, run_tests  # noqa: E402
-from pytest_agentic.validate import affected_tests, import_graph  # noqa: E402
+from pytest_agentic.validate import affected_tests, compact, import_graph  # noqa: E402
 
 
 def bench_rerun(args: argparse.Namespace) -> None:
@@ -63,10 +63,16 @@ def bench_rerun(args: argparse.Namespace) -> None:
             f"affected: {len(affected)} of {len(passing)} passing tests "
             f"({len({n.split('::')[0] for n in affected})} files)"
         )
-        for name, nodeids in (("affected re-run", affected), ("whole-suite re-run", passing)):
+        # As the fixer runs them: whole test files by path (the session deselected nothing).
+        files = {n.split("::")[0] for n in session.outcomes}
+        variants = (
+            ("affected re-run", affected, compact(affected, files)),
+            ("whole-suite re-run", passing, compact(passing, files)),
+        )
+        for name, nodeids, run_args in variants:
             times = []
             for _ in range(args.repeat):
-                result = run_tests(nodeids, settings)
+                result = run_tests(run_args, settings)
                 assert result.passed(nodeids), result.output[-3000:]
                 times.append(result.seconds)
             print(

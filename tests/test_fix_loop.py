@@ -87,7 +87,7 @@ def test_fixed_first_time(
                     "attempt": 1,
                     "kept": True,
                     "checks": [
-                        {"check": "target", "ok": True, "reason": "the failing test passes"},
+                        {"check": "target", "ok": True, "reason": "the failing test(s) pass"},
                         {
                             "check": "regression",
                             "ok": True,
@@ -473,8 +473,15 @@ def test_budget_stops_dispatching(
     )
     (project / "calc.py").write_text(CALC)
     fake_anthropic.reply(message(text("hmm")), done("no idea"))
+    # One worker: with more, both failures are dispatched before any token is spent.
     result = pytester.runpytest(
-        "--agent-fix", "--agent-budget-tokens", "1", "--agent-max-attempts", "3"
+        "--agent-fix",
+        "--agent-budget-tokens",
+        "1",
+        "--agent-max-attempts",
+        "3",
+        "--agent-workers",
+        "1",
     )
     assert result.ret == 1
     outcomes = {f["nodeid"]: f for f in load_report(project)["failures"]}
@@ -518,13 +525,15 @@ def test_ctrl_c_mid_attempt_restores_and_exits_2(
     import signal
     import sys
 
+    tmp = project.parent / f"{project.name}-tmp"  # the run's scratch folder goes here
+    tmp.mkdir()
     proc = subprocess.Popen(
         [sys.executable, "-m", "pytest", "--agent-fix", "-p", "no:cacheprovider"],
         cwd=project,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ},
+        env={**os.environ, "TMPDIR": str(tmp)},
     )
     try:
         deadline = 60
@@ -534,7 +543,10 @@ def test_ctrl_c_mid_attempt_restores_and_exits_2(
         while len(fake_anthropic.requests) < 2 and time.monotonic() - start < deadline:
             time.sleep(0.05)
         assert len(fake_anthropic.requests) == 2, "the second request never came"
-        assert (project / "calc.py").read_text() != CALC  # the edit is in place mid-attempt
+        # Issue 8: the edit is in the attempt's workspace, never in the user's tree.
+        assert (project / "calc.py").read_text() == CALC
+        (edited,) = tmp.glob("pytest-agentic-run-*/ws-*/calc.py")
+        assert "a + b" in edited.read_text()
         proc.send_signal(getattr(signal, signame))
         out, _ = proc.communicate(timeout=60)
     finally:
@@ -544,6 +556,7 @@ def test_ctrl_c_mid_attempt_restores_and_exits_2(
     assert "interrupted: every file the fixer touched was restored" in out
     assert "Traceback" not in out
     assert snapshot(project) == before
+    assert list(tmp.iterdir()) == []  # every workspace removed
 
 
 def test_hard_kill_then_pytest_agentic_restore(
@@ -561,19 +574,23 @@ def test_hard_kill_then_pytest_agentic_restore(
         "str_replace_based_edit_tool", command="create", path="extra.py", file_text="y = 2\n"
     )
     fake_anthropic.reply(message(FIX, create), Delay(30, done()))
+    tmp = project.parent / f"{project.name}-tmp"
+    tmp.mkdir()
     proc = subprocess.Popen(
         [sys.executable, "-m", "pytest", "--agent-fix", "-p", "no:cacheprovider"],
         cwd=project,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env={**os.environ},
+        env={**os.environ, "TMPDIR": str(tmp)},
     )
     start = time.monotonic()
     while len(fake_anthropic.requests) < 2 and time.monotonic() - start < 60:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    assert (project / "calc.py").read_text() != CALC and (project / "extra.py").exists()
+    # Issue 8: the attempt's edits are in its workspace; the user's tree was never touched.
+    assert snapshot(project) == before
+    assert list(tmp.glob("pytest-agentic-run-*/ws-*/extra.py"))
     restore = subprocess.run(
         [sys.executable, "-m", "pytest_agentic.cli", "restore"],
         cwd=project,
@@ -581,7 +598,10 @@ def test_hard_kill_then_pytest_agentic_restore(
         text=True,
     )
     assert restore.returncode == 0, restore.stderr
-    assert sorted(restore.stdout.splitlines()) == ["restored calc.py", "restored extra.py"]
+    (removed,) = restore.stdout.splitlines()
+    assert removed.startswith("removed the workspaces of a killed run: ")  # issue 8
+    assert not Path(removed.split(": ", 1)[1]).exists()
+    assert list(tmp.iterdir()) == []
     assert snapshot(project) == before
     assert not (project / ".agentic/journal").exists()
 
@@ -614,14 +634,16 @@ def test_a_fix_that_breaks_an_earlier_fix_is_reverted(
         "def sub(a, b):\n    return a - b\n\n\nadd = sub\n\n\ndef mul(a, b):",
     )
     fake_anthropic.reply(message(FIX), done(), approve(), message(breaking), done(), approve())
-    result = pytester.runpytest("--agent-fix", "--agent-max-attempts", "1")
+    result = pytester.runpytest("--agent-fix", "--agent-max-attempts", "1", "--agent-workers", "1")
     assert result.ret == 1
     outcomes = {f["nodeid"]: f for f in load_report(project)["failures"]}
     assert outcomes["tests/test_calc.py::test_add"]["outcome"] == "fixed"
     sub = outcomes["tests/test_sub.py::test_sub"]
     assert sub["outcome"] == "not_fixed"
+    # Issue 8: each fix is re-verified on the integrated tree before it is integrated, so
+    # the breakage is caught there (not in the final verification) and never reaches the tree.
     assert sub["reason"] == (
-        "its fix broke tests/test_calc.py::test_add in the final verification; reverted"
+        "its fix broke tests/test_calc.py::test_add, fixed before it; not integrated"
     )
     assert (project / "calc.py").read_text() == CALC.replace("a - b", "a + b")
 
@@ -633,7 +655,8 @@ def test_failures_sharing_a_file_are_fixed_once(
         "from calc import add\n\ndef test_more():\n    assert add(1, 1) == 2\n"
     )
     fake_anthropic.reply(message(FIX), done(), approve())
-    result = pytester.runpytest("--agent-fix")
+    # One worker (issue 8): with more, both are dispatched before either fix exists.
+    result = pytester.runpytest("--agent-fix", "--agent-workers", "1")
     assert result.ret == 0
     outcomes = {f["nodeid"]: f for f in load_report(project)["failures"]}
     assert outcomes["tests/test_more.py::test_more"] == {
@@ -683,7 +706,7 @@ def test_report_command_summarises_the_last_run(
     )
     assert proc.returncode == 0
     assert proc.stdout.splitlines()[0] == "fixed in 1 attempt: tests/test_calc.py::test_add"
-    assert (project / ".agentic/.gitignore").read_text() == "/runs/\n/journal/\n"
+    assert (project / ".agentic/.gitignore").read_text() == "/lock\n/runs/\n/journal/\n"
 
 
 def test_the_default_model_is_not_deprecated_in_the_installed_sdk() -> None:

@@ -296,15 +296,27 @@ def test_a_review_that_cannot_be_had_keeps_nothing(
     assert snapshot(project) == before
 
 
-def test_without_review_a_passing_fix_is_kept(
+def test_review_setting_command_line_over_pyproject(
     pytester: pytest.Pytester, project: Path, fake_anthropic: FakeAnthropic
 ) -> None:
+    (project / "pyproject.toml").write_text(
+        SRC_PYPROJECT + '[tool.pytest-agentic]\nreview_model = "claude-haiku-4-5"\n'
+    )
+    # --no-agent-review: a passing fix is kept without a reviewer (dry run: the tree stays).
     fake_anthropic.reply(message(FIX), done())
-    result = pytester.runpytest("--agent-fix", "--no-agent-review")
+    result = pytester.runpytest("--agent-fix", "--no-agent-review", "--agent-dry-run")
     assert result.ret == 0
     assert len(fake_anthropic.requests) == 2
-    checks = load_report(project)["failures"][0]["attempts_detail"][0]["checks"]
-    assert "review" not in [c["check"] for c in checks]
+    # `review = false` in pyproject, `--agent-review` on the command line: the line wins.
+    (project / "pyproject.toml").write_text(
+        SRC_PYPROJECT + '[tool.pytest-agentic]\nreview = false\nreview_model = "claude-haiku-4-5"\n'
+    )
+    fake_anthropic.reply(message(FIX), done(), approve())
+    result = pytester.runpytest("--agent-fix", "--agent-review")
+    assert result.ret == 0
+    review = fake_anthropic.requests[4]
+    assert review.body["model"] == "claude-haiku-4-5"  # review_model
+    assert review.body["tools"][-1]["name"] == "submit_review"
 
 
 def test_a_pytest_plugin_project_may_keep_importing_pytest_internals(

@@ -52,7 +52,8 @@ def test_ci_runs_exactly_the_readme_commands() -> None:
 def test_every_pytest_option_is_documented() -> None:
     source = (ROOT / "src/pytest_agentic/plugin.py").read_text(encoding="utf-8")
     options = set(re.findall(r'"(--agent-[a-z-]+)"', source))
-    assert len(options) == 8  # issue 9 added --agent-review (and its --no- form, below)
+    # --agent-workers (issue 8), --agent-review (issue 9; its --no- form is checked below)
+    assert len(options) == 9
     for option in options:
         assert f"`{option}" in README, option
     assert '"--no-agent-review"' in source and "`--no-agent-review`" in README

@@ -75,6 +75,9 @@ KEYS: dict[str, tuple[str, Any]] = {
     "report": ("str?", None),
     "rerun_timeout": ("int", 300),
     "api_timeout": ("int", 600),
+    "sandbox": ("str", "auto"),
+    "sandbox_network": ("bool", False),
+    "workers": ("int", 4),
     # the validation gate
     "max_diff_lines": ("int", 200),
     "checks": ("list[str]", []),
@@ -86,6 +89,9 @@ KEYS: dict[str, tuple[str, Any]] = {
     "pointer_files": ("list[str]", ["CLAUDE.md"]),
     "agents_md_budget_tokens": ("int", 8000),
 }
+
+#: String keys whose value must be one of these.
+CHOICES: dict[str, tuple[str, ...]] = {"sandbox": ("auto", "required", "off")}
 
 _KIND_NAMES = {
     "str": "a string",
@@ -234,6 +240,11 @@ def validate(table: Any, path: Path) -> dict[str, Any]:
             raise AgenticError(
                 f"{at}: [tool.{TABLE}] {key} must be {_KIND_NAMES[kind]}, "
                 f"not {type(value).__name__} {value!r}"
+            )
+        if key in CHOICES and value not in CHOICES[key]:
+            choices = ", ".join(f'"{c}"' for c in CHOICES[key])
+            raise AgenticError(
+                f"{at}: [tool.{TABLE}] {key} must be one of {choices}, not {value!r}"
             )
         values[key] = value
     return values

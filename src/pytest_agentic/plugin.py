@@ -23,6 +23,11 @@ HELP_REPORT = "also write the JSON report to PATH."
 HELP_REVIEW = "a reviewer conversation must approve each fix before it is kept (default: on)."
 HELP_NO_REVIEW = "keep fixes that pass the tests and checks without a reviewer."
 
+#: The run lock (`sandbox.Lock`) of a fix run, taken in `resolve_settings` and released at
+#: `config` cleanup; the fixer finds the run's scratch folder on it.
+RUN_LOCK = pytest.StashKey[Any]()
+HELP_WORKERS = "failures worked on at once, each in its own workspace (default 4; 1 = serial)."
+
 # option dest -> its key in [tool.pytest-agentic]
 _SETTINGS = {
     "agent_max_attempts": "max_attempts",
@@ -32,6 +37,7 @@ _SETTINGS = {
     "agent_dry_run": "dry_run",
     "agent_report": "report",
     "agent_review": "review",
+    "agent_workers": "workers",
 }
 
 
@@ -64,6 +70,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help=HELP_NO_REVIEW,
     )
+    group.addoption("--agent-workers", type=_positive_int, metavar="N", help=HELP_WORKERS)
 
 
 def _wants_fix(config: pytest.Config) -> bool:
@@ -100,21 +107,52 @@ def pytest_configure(config: pytest.Config) -> None:
 def resolve_settings(config: pytest.Config) -> Any:
     """Each setting: command line, else `[tool.pytest-agentic]`, else the default.
 
-    Errors become `pytest.UsageError` (exit status 4), one line, before any test runs.
+    Errors become `pytest.UsageError` (exit status 4), one line, before any test runs. The
+    run lock comes first: a second run while one is working is told so, whatever else is
+    wrong (a journal the running one has open is not a killed run's).
+
+    The project root is the folder of the nearest pyproject.toml from the invocation folder,
+    else the git top level, as for the CLI and the hooks; pytest's rootdir may be elsewhere
+    (`--agent-report /abs/path`, with a space, is taken for a test path when pytest picks its
+    rootdir, before plugins add their options) and is used only to run tests as pytest did.
     """
+    from pytest_agentic.config import load_config
+    from pytest_agentic.errors import AgenticError
+    from pytest_agentic.sandbox import acquire_lock
+
+    try:
+        root = load_config(Path(config.invocation_params.dir)).root
+        lock = acquire_lock(root)
+    except AgenticError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    try:
+        settings = _resolve_settings(config, root)
+    except BaseException:
+        lock.release()
+        raise
+    config.stash[RUN_LOCK] = lock
+    config.add_cleanup(lock.release)
+    return settings
+
+
+def _resolve_settings(config: pytest.Config, root: Path) -> Any:
     from pytest_agentic.agent import DEFAULT_MODEL
     from pytest_agentic.config import load_config
     from pytest_agentic.errors import AgenticError
     from pytest_agentic.fixer import Settings
     from pytest_agentic.runner import RerunSettings, session_args
+    from pytest_agentic.sandbox import sandbox_mode
     from pytest_agentic.tasks import active_task
 
-    root = Path(config.rootpath)
     try:
         settings_file = load_config(root)
         task = active_task(settings_file)
     except AgenticError as exc:
         raise pytest.UsageError(str(exc)) from None
+    try:
+        sandbox = sandbox_mode(str(settings_file["sandbox"]))
+    except AgenticError as exc:  # `sandbox = "required"` where bubblewrap cannot run
+        raise pytest.UsageError(f"{settings_file.path or root}: {exc}") from None
 
     from pytest_agentic.workspace import leftover_journal
 
@@ -154,12 +192,14 @@ def resolve_settings(config: pytest.Config) -> Any:
             )
     model = str(value("agent_model") or DEFAULT_MODEL)
     rerun = RerunSettings(
-        rootdir=root,
+        rootdir=Path(config.rootpath),
         inifile=Path(config.inipath) if config.inipath else None,
         extra_args=session_args(
             config.invocation_params.args, config.pluginmanager.hasplugin("xdist")
         ),
         timeout=float(settings_file["rerun_timeout"]),
+        sandbox=sandbox,
+        sandbox_network=bool(settings_file["sandbox_network"]),
     )
     return Settings(
         max_attempts=int(value("agent_max_attempts")),
@@ -176,11 +216,12 @@ def resolve_settings(config: pytest.Config) -> Any:
         review_model=str(settings_file["review_model"] or model),
         max_diff_lines=int(settings_file["max_diff_lines"]),
         checks=tuple(settings_file["checks"]),
-        workers=_workers(config),
+        xdist_workers=_xdist_workers(config),
+        workers=int(value("agent_workers")),
     )
 
 
-def _workers(config: pytest.Config) -> str | None:
+def _xdist_workers(config: pytest.Config) -> str | None:
     """The session's `-n` (pytest-xdist), repeated by the final run of the whole selection."""
     if not config.pluginmanager.hasplugin("xdist"):
         return None

@@ -17,6 +17,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pytest_agentic.sandbox import Workspace
 
 ENV_RERUN = "PYTEST_AGENTIC_RERUN"
 _PASSED_WITH_VALUE = (
@@ -40,6 +44,9 @@ class RerunSettings:
     inifile: Path | None = None
     extra_args: tuple[str, ...] = ()
     timeout: float = 300.0
+    sandbox: str = "off"
+    """How re-runs in a workspace are isolated: `sandbox.sandbox_mode` ("bwrap" or "off")."""
+    sandbox_network: bool = False
 
 
 @dataclass(frozen=True)
@@ -94,9 +101,17 @@ def pytest_command() -> list[str]:
     return [sys.executable, "-c", _SAFE_START]  # pragma: no cover - 3.10 only
 
 
-def run_tests(nodeids: Sequence[str], settings: RerunSettings) -> RunResult:
-    """Run `nodeids` in a fresh pytest process; outcomes keyed by node id."""
-    with tempfile.TemporaryDirectory(prefix="pytest-agentic-") as tmp:
+def run_tests(
+    nodeids: Sequence[str], settings: RerunSettings, workspace: Workspace | None = None
+) -> RunResult:
+    """Run `nodeids` in a fresh pytest process; outcomes keyed by node id.
+
+    With a `workspace`, the run sees the workspace instead of the user's tree (sandboxed as
+    `settings.sandbox` says; see `sandbox.prepare`), and its private temp folder holds the
+    outcome file.
+    """
+    scratch = workspace.base.scratch if workspace is not None else None
+    with tempfile.TemporaryDirectory(prefix="pytest-agentic-", dir=scratch) as tmp:
         out = Path(tmp) / "outcomes.json"
         cmd = [*pytest_command(), "--rootdir", str(settings.rootdir)]
         if settings.inifile is not None:
@@ -110,15 +125,33 @@ def run_tests(nodeids: Sequence[str], settings: RerunSettings) -> RunResult:
             "--tb=short",
             "-rfE",
             *settings.extra_args,
-            *nodeids,
         ]
         env = {**os.environ, ENV_RERUN: "1", "PYTEST_AGENTIC_RERUN_OUT": str(out)}
         env.pop("PYTEST_XDIST_WORKER", None)
+        cwd = settings.rootdir
+        keys = {n: n for n in nodeids}
+        if workspace is None:
+            cmd += nodeids
+        else:
+            from pytest_agentic.sandbox import prepare
+
+            prepared = prepare(
+                cmd,
+                nodeids,
+                env,
+                workspace=workspace,
+                rootdir=settings.rootdir,
+                inifile=settings.inifile,
+                private_tmp=Path(tmp),
+                mode=settings.sandbox,
+                network=settings.sandbox_network,
+            )
+            cmd, cwd, env, keys = prepared.cmd, prepared.cwd, prepared.env, prepared.outcome_keys
         start = time.perf_counter()
         try:
             proc = subprocess.run(
                 cmd,
-                cwd=settings.rootdir,
+                cwd=cwd,
                 env=env,
                 capture_output=True,
                 text=True,
@@ -136,6 +169,7 @@ def run_tests(nodeids: Sequence[str], settings: RerunSettings) -> RunResult:
         outcomes: dict[str, str] = {}
         if out.is_file():
             outcomes = json.loads(out.read_text(encoding="utf-8"))
+            outcomes = {keys.get(k, k): v for k, v in outcomes.items()}
         return RunResult(
             outcomes=outcomes,
             output=_tail(proc.stdout + proc.stderr),
