@@ -105,7 +105,11 @@ def bench_review_tokens() -> None:
             context = "Fix the code so that these failing tests pass\n" + source[:12000]
             message_ = review_message(context, diff, "1 passed in 0.05s\n" * 3, [])
             toolbox = Toolbox(
-                root, PathPolicy(root, for_agent=True), Journal(root, "x"), lambda: "", True
+                root,
+                PathPolicy(root, for_agent=True),
+                Journal(root, "x"),
+                lambda: "",
+                read_only=True,
             )
             for views in (0, 1, 3):
                 server.reply(

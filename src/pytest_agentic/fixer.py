@@ -54,6 +54,8 @@ from pytest_agentic.report import (
 )
 from pytest_agentic.runner import RerunSettings, RunResult, run_tests
 from pytest_agentic.sandbox import Base, Workspace, acquire_lock, fingerprint, snapshot_base
+from pytest_agentic.sandbox import _git as sandbox_git
+from pytest_agentic.sandbox import describe as describe_sandbox
 from pytest_agentic.scope import PathPolicy
 from pytest_agentic.tasks import Task
 from pytest_agentic.validate import (
@@ -230,7 +232,8 @@ class Run:
         self.settings = settings
         self.base = base
         self.integrated = base  # the base plus every fix integrated so far
-        self.chain: list[tuple[Job, Base]] = []  # each integrated job, the state after it
+        self.chain: list[tuple[Job, Fix]] = []  # the integrated fixes, in order
+        self.verified: tuple[Base, frozenset[str]] | None = None  # a state, the ids passing
         self.written: dict[str, str | None] = {}  # what we left in the user's files
         self.run_dir = run_dir
         self.on_event = on_event
@@ -400,10 +403,12 @@ class Verdict:
 
 @dataclass(frozen=True)
 class Fix:
-    """A kept attempt's change: the editor's files as a git patch against its workspace's base."""
+    """A kept attempt's change: the editor's files as a git patch against `base`, the state
+    its workspace was copied from."""
 
     patch: str
     files: tuple[str, ...]
+    base: Base
 
 
 def checked_rerun(
@@ -422,20 +427,20 @@ def judge(
     run: Run,
     conversation: Conversation,
     ws: Workspace,
-    files: Sequence[str],
+    fix: Fix,
     nodeids: list[str],
     job: Job | None = None,
 ) -> Verdict:
-    """The one place an attempt is judged. The target tests pass (and the integrity check
-    after each re-run), then the validation gate (`gate`): regression, tamper, diff budget,
-    project checks, reviewer."""
+    """The one place an attempt is judged: `fix` is the editor's change in `ws`. The target
+    tests pass (every re-run in `ws` goes through `checked_rerun`, the integrity check), then
+    the validation gate (`gate`): regression, tamper, diff budget, project checks, reviewer."""
     if conversation.ended == "tainted":
         return Verdict(False, conversation.reason)
     if conversation.ended == "api_error":
         return Verdict(False, conversation.reason)
     if conversation.ended == "gave_up":
         return Verdict(False, f"the agent gave up: {conversation.reason}", final=True)
-    if not ws.diff(files).strip():
+    if not fix.patch.strip():
         return Verdict(False, "the agent changed no file")
     try:
         result = checked_rerun(run, ws, nodeids)
@@ -444,7 +449,7 @@ def judge(
     if result.passed(nodeids):
         checks = [Check("target", True, "the failing test(s) pass")]
         if job is not None:
-            checks += gate(run, job, ws, files, result.output)
+            checks += gate(run, job, ws, fix.files, result.output)
         failed = next((c for c in checks if not c.ok), None)
         if failed is None:
             return Verdict(True, checks=tuple(checks))
@@ -505,19 +510,20 @@ def gate(run: Run, job: Job, ws: Workspace, files: Sequence[str], output: str) -
 
 
 def _changes(ws: Workspace, files: Sequence[str]) -> list[FileChange]:
-    """The editor's files, as text before (the workspace's base) and after."""
+    """The editor's files, as text before (the workspace's one commit: the state it was
+    checked out from) and after."""
 
-    def text(path: Path) -> str | None:
-        try:
-            return path.read_bytes().decode("utf-8", "replace") if path.is_file() else None
-        except OSError:
-            return None
+    def text(data: bytes | None) -> str | None:
+        return None if data is None else data.decode("utf-8", "replace")
 
     changes = []
     for rel in files:
-        old, new = text(ws.base.path / rel), text(ws.path / rel)
+        proc = sandbox_git(ws.path, "show", f"HEAD:{rel}", check=False)
+        old = proc.stdout if proc.returncode == 0 else None
+        path = ws.path / rel
+        new = path.read_bytes() if path.is_file() else None
         if old != new:
-            changes.append(FileChange(rel, old, new))
+            changes.append(FileChange(rel, text(old), text(new)))
     return changes
 
 
@@ -587,7 +593,8 @@ def attempt(run: Run, job: Job) -> tuple[Fix | None, Verdict]:
 
     settings = run.settings
     nodeids = job.nodeids
-    ws = run.workspace()
+    base = run.integrated  # read once: the main thread moves it on as fixes are integrated
+    ws = run.workspace(base)
     try:
 
         def for_the_model() -> str:
@@ -618,10 +625,9 @@ def attempt(run: Run, job: Job) -> tuple[Fix | None, Verdict]:
                 run.run_dir, job.index, nodeids[0], job.attempts, conversation.transcript
             )
         files = tools.journal.touched
-        verdict = judge(run, conversation, ws, files, nodeids, job)
-        if not verdict.kept:
-            return None, verdict
-        return Fix(ws.diff(files), tuple(files)), verdict
+        fix = Fix(ws.diff(files), tuple(files), base)
+        verdict = judge(run, conversation, ws, fix, nodeids, job)
+        return (fix if verdict.kept else None), verdict
     finally:
         run.discard(ws)
 
@@ -675,8 +681,11 @@ def integrate(run: Run, job: Job, fix: Fix, fixed_before: list[str]) -> str | No
     version won, or an earlier fix already mended it), else why it must be tried again.
 
     Re-verified first on the integrated state with the fix applied (sandboxed, together with
-    every test fixed before); only then written to the user's tree, journalled.
+    every test fixed before); only then written to the user's tree, journalled. The re-run is
+    skipped when that state is exactly the one the attempt was judged in.
     """
+    if _users_version_wins(run, job, fix):
+        return None
     try:
         candidate = run.integrated.derive(fix.patch)
     except AgenticError:
@@ -685,41 +694,78 @@ def integrate(run: Run, job: Job, fix: Fix, fixed_before: list[str]) -> str | No
             return None
         return "its fix conflicts with the fixes integrated before it; not integrated"
     nodeids = [*job.nodeids, *fixed_before]
-    ws = run.workspace(candidate)
+    if fix.base is not run.integrated or fixed_before:
+        try:
+            result = _rerun_in(run, candidate, nodeids)
+        except Tainted as exc:
+            return _tainted(exc)
+        broken = [n for n in fixed_before if n in result.failing(nodeids)]
+        if broken:
+            return f"its fix broke {', '.join(broken)}, fixed before it; not integrated"
+        if not result.passed(nodeids):
+            return "its fix no longer makes the test pass on top of the fixes integrated before it"
+    _apply(run, job, fix, candidate)
+    run.verified = (candidate, frozenset(nodeids))
+    return None
+
+
+def integrate_together(run: Run, batch: list[tuple[Job, Fix]], fixed_before: list[str]) -> bool:
+    """Kept fixes of jobs that finished together, verified with one re-run of all their tests
+    and every earlier fix's, then applied one at a time in node-id order. False (nothing
+    done) when a file is shared, the user changed one, or the lot fails: then one by one."""
+    files = [rel for _, fix in batch for rel in fix.files]
+    if len(files) != len(set(files)) or (
+        not run.settings.dry_run and any(run.user_changed(rel) for rel in files)
+    ):
+        return False
     try:
-        result = checked_rerun(run, ws, nodeids)
-    except Tainted as exc:
-        return _tainted(exc)
-    finally:
-        run.discard(ws)
-    broken = [n for n in fixed_before if n in result.failing(nodeids)]
-    if broken:
-        return f"its fix broke {', '.join(broken)}, fixed before it; not integrated"
-    if not result.passed(nodeids):
-        return "its fix no longer makes the test pass on top of the fixes integrated before it"
-    patch_path = (
-        write_patch(run.run_dir, job.index, job.nodeids[0], fix.patch)
-        if run.run_dir is not None
-        else None
+        candidate = run.integrated.derive("".join(fix.patch for _, fix in batch))
+    except AgenticError:
+        return False
+    nodeids = [n for job, _ in batch for n in job.nodeids] + fixed_before
+    try:
+        if not _rerun_in(run, candidate, nodeids).passed(nodeids):
+            return False
+    except Tainted:
+        return False
+    for job, fix in batch:
+        _apply(run, job, fix, candidate)
+    run.verified = (candidate, frozenset(nodeids))
+    return True
+
+
+def _users_version_wins(run: Run, job: Job, fix: Fix) -> bool:
+    """The user changed one of the fix's files during the run: the fix is saved, not applied."""
+    theirs = [] if run.settings.dry_run else [rel for rel in fix.files if run.user_changed(rel)]
+    if not theirs:
+        return False
+    path = _save_patch(run, job, fix)
+    job.outcome = "not_fixed"
+    job.reason = (
+        f"you changed {', '.join(theirs)} during the run: your version was kept; "
+        f"the fix is saved as {path}"
     )
+    run.on_event("user_won", job=job, files=theirs, patch=path)
+    return True
+
+
+def _apply(run: Run, job: Job, fix: Fix, state: Base) -> None:
+    """A verified fix into the user's tree (journalled; not in a dry run) and the chain."""
+    path = _save_patch(run, job, fix)
     if not run.settings.dry_run:
-        theirs = [rel for rel in fix.files if run.user_changed(rel)]
-        if theirs:
-            job.outcome = "not_fixed"
-            job.reason = (
-                f"you changed {', '.join(theirs)} during the run: your version was kept; "
-                f"the fix is saved as {patch_path}"
-            )
-            run.on_event("user_won", job=job, files=theirs, patch=patch_path)
-            return None
         job.journal = Journal(run.root, f"{os.getpid()}-{job.index}")
         for rel in fix.files:
-            _write_user_file(run, job.journal, rel, candidate.path / rel)
-    run.chain.append((job, candidate))
-    run.integrated = candidate
+            _write_user_file(run, job.journal, rel, state.path / rel)
+    run.chain.append((job, fix))
+    run.integrated = state
     job.outcome, job.reason, job.files = "fixed", "", fix.files
-    run.on_event("integrated", job=job, patch=patch_path)
-    return None
+    run.on_event("integrated", job=job, patch=path)
+
+
+def _save_patch(run: Run, job: Job, fix: Fix) -> Path | None:
+    if run.run_dir is None:
+        return None
+    return write_patch(run.run_dir, job.index, job.nodeids[0], fix.patch)
 
 
 def _write_user_file(run: Run, journal: Journal, rel: str, source: Path) -> None:
@@ -733,14 +779,22 @@ def _write_user_file(run: Run, journal: Journal, rel: str, source: Path) -> None
     run.written[rel] = fingerprint(target)
 
 
-def _passes(run: Run, base: Base, nodeids: list[str]) -> bool:
-    ws = run.workspace(base)
+def _rerun_in(
+    run: Run, state: Base, nodeids: list[str], rerun: RerunSettings | None = None
+) -> RunResult:
+    """A checked re-run in a fresh workspace of `state` (raises `Tainted`)."""
+    ws = run.workspace(state)
     try:
-        return checked_rerun(run, ws, nodeids).passed(nodeids)
-    except Tainted:
-        return False
+        return checked_rerun(run, ws, nodeids, rerun)
     finally:
         run.discard(ws)
+
+
+def _passes(run: Run, state: Base, nodeids: list[str]) -> bool:
+    try:
+        return _rerun_in(run, state, nodeids).passed(nodeids)
+    except Tainted:
+        return False
 
 
 # --- the session ------------------------------------------------------------------------------
@@ -749,8 +803,10 @@ def _passes(run: Run, base: Base, nodeids: list[str]) -> bool:
 class FixSession:
     """The pytest hooks, and the orchestration of one fix run over the session's failures.
 
-    `on_event(kind, **fields)` hears what happens (`attempt`, `judged`, `integrated`,
-    `user_won`, `done`), from worker threads too; the default ignores it.
+    `on_event(kind, **fields)` hears what happens, from worker threads too (`attempt` and
+    `judged` come from workers): `planned` (jobs), `attempt` (job, attempt), `judged` (job,
+    attempt, verdict), `integrated` and `user_won` (job, patch), `done` (report). The default
+    ignores it.
     """
 
     def __init__(
@@ -832,6 +888,9 @@ class FixSession:
             terminalreporter.write_line("interrupted: every file the fixer touched was restored")
         for line in self.report.lines():
             terminalreporter.write_line(line)
+        if self.report.outcomes:
+            rerun = self.settings.rerun
+            terminalreporter.write_line(describe_sandbox(rerun.sandbox, rerun.sandbox_network))
 
     # --- the run ----------------------------------------------------------------------------
 
@@ -856,31 +915,15 @@ class FixSession:
                     run.whole_files = self._whole_files()
                     for job in jobs:
                         job.context = first_message(self.rootdir, job.failures, settings.task)
-                    self._dispatch(run, jobs)
-                    self._verify(run, jobs)
+                    self.on_event("planned", jobs=jobs)
+                    dispatch(run, jobs)
+                    verify(run, jobs)
         except KeyboardInterrupt:
             report.interrupted = True
         finally:
             if run is not None:
-                self._stop(run, jobs, children, restore=report.interrupted)
-        for job in jobs:
-            if job.journal is not None:
-                job.journal.keep()
-        by_id = {f.nodeid: job for job in jobs for f in job.failures}
-        report.outcomes = [
-            Outcome(f.nodeid, "flaky", 0, (), "passed on re-run")
-            if f.nodeid in flaky
-            else Outcome(
-                f.nodeid,
-                by_id[f.nodeid].outcome,
-                by_id[f.nodeid].attempts,
-                by_id[f.nodeid].files,
-                by_id[f.nodeid].reason,
-                tuple(by_id[f.nodeid].details),
-            )
-            for f in failures
-            if f.nodeid in flaky or f.nodeid in by_id
-        ]
+                stop(run, jobs, children, restore=report.interrupted)
+        report.outcomes = outcomes(failures, flaky, jobs)
         usage = run.usage if run is not None else Usage()
         report.usage = {name: getattr(usage, name) for name in vars(usage)}
         report.seconds = {
@@ -935,109 +978,149 @@ class FixSession:
             self.config.add_cleanup(lock.release)
         return lock.scratch
 
-    def _dispatch(self, run: Run, jobs: list[Job]) -> None:
-        """Up to `workers` jobs at once; their fixes integrated one at a time, in node-id
-        order, each as soon as every job before it is settled."""
-        waiting = list(jobs)
-        running: dict[Future[Fix | None], Job] = {}
-        settled: dict[int, Fix | None] = {}
-        position = 0
-        while position < len(jobs):
-            job = jobs[position]
-            if job.index in settled:
-                if self._settle(run, job, settled.pop(job.index), jobs[:position]):
-                    position += 1
-                else:
-                    waiting.insert(0, job)  # again, against the integrated state
+
+# --- orchestration ----------------------------------------------------------------------------
+
+
+def dispatch(run: Run, jobs: list[Job]) -> None:
+    """Up to `workers` jobs at once; their fixes integrated one at a time, in node-id
+    order, each as soon as every job before it is settled."""
+    waiting = list(jobs)
+    running: dict[Future[Fix | None], Job] = {}
+    settled: dict[int, Fix | None] = {}
+    position = 0
+    while position < len(jobs):
+        job = jobs[position]
+        if job.index in settled:
+            batch: list[tuple[Job, Fix]] = []
+            for later in jobs[position:]:
+                fix = settled.get(later.index)
+                if fix is None:
+                    break
+                batch.append((later, fix))
+            before = _fixed(jobs[:position])
+            if len(batch) > 1 and integrate_together(run, batch, before):
+                for done_job, _ in batch:
+                    del settled[done_job.index]
+                position += len(batch)
+            elif settle(run, job, settled.pop(job.index), before):
+                position += 1
+            else:
+                waiting.insert(0, job)  # again, against the integrated state
+            continue
+        while waiting and len(running) < run.settings.workers:
+            ready = waiting.pop(0)
+            if run.chain and ready.attempts == 0 and _passes(run, run.integrated, ready.nodeids):
+                ready.outcome, ready.reason = "fixed", "fixed by an earlier fix"
+                settled[ready.index] = None
                 continue
-            while waiting and len(running) < self.settings.workers:
-                ready = waiting.pop(0)
-                if (
-                    run.chain
-                    and ready.attempts == 0
-                    and _passes(run, run.integrated, ready.nodeids)
-                ):
-                    ready.outcome, ready.reason = "fixed", "fixed by an earlier fix"
-                    settled[ready.index] = None
-                    continue
-                future = _spawn(work, run, ready)
-                run.futures.append(future)
-                running[future] = ready
-            # A timeout, so Ctrl-C and SIGTERM reach the main thread while workers run.
-            finished, _ = wait(list(running), timeout=0.2, return_when=FIRST_COMPLETED)
-            for future in finished:
-                ready = running.pop(future)
-                try:
-                    settled[ready.index] = future.result()
-                except Exception as exc:  # a bug or a broken workspace: this job only
-                    ready.reason = f"internal error: {exc}"
-                    settled[ready.index] = None
-
-    def _settle(self, run: Run, job: Job, fix: Fix | None, before: list[Job]) -> bool:
-        """Integrate a finished job's fix; False when it goes back for another attempt."""
-        if fix is None:
-            return True
-        fixed_before = [
-            n for earlier in before if earlier.outcome == "fixed" for n in earlier.nodeids
-        ]
-        why = integrate(run, job, fix, fixed_before)
-        if why is None:
-            return True
-        if job.details:  # the gate said yes; integration said no: the report shows both
-            last = job.details[-1]
-            job.details[-1] = dataclasses.replace(
-                last, kept=False, checks=(*last.checks, CheckResult("integration", False, why))
-            )
-        job.reason = why
-        if job.attempts >= self.settings.max_attempts or run.over_budget():
-            return True
-        job.feedback = feedback(job.attempts, why)
-        return False
-
-    def _verify(self, run: Run, jobs: list[Job]) -> None:
-        """The session's whole selection once on the integrated state (sandboxed; the tests
-        that passed and the fixed ones, with the session's `-n` under xdist); undo the newest
-        integrated fix while any fails (a later fix broke an earlier one, or a test the
-        per-attempt import graph did not reach)."""
-        args = list(self.settings.rerun.extra_args)
-        if self.settings.xdist_workers and args[-2:] == ["-n", "0"]:
-            args[-1] = self.settings.xdist_workers
-        final = dataclasses.replace(self.settings.rerun, extra_args=tuple(args))
-        while run.chain:
-            fixed = [n for job in jobs if job.outcome == "fixed" for n in job.nodeids]
-            selection = list(dict.fromkeys([*run.passed, *fixed]))
-            ws = run.workspace()
+            future = _spawn(work, run, ready)
+            run.futures.append(future)
+            running[future] = ready
+        # A timeout, so Ctrl-C and SIGTERM reach the main thread while workers run.
+        finished, _ = wait(list(running), timeout=0.2, return_when=FIRST_COMPLETED)
+        for future in finished:
+            ready = running.pop(future)
             try:
-                result = checked_rerun(run, ws, compact(selection, run.whole_files), final)
-                broken = result.failing(selection)
-            except Tainted as exc:
-                broken = exc.files
-            finally:
-                run.discard(ws)
-            if not broken:
-                return
-            last, _ = run.chain.pop()
-            run.integrated = run.chain[-1][1] if run.chain else run.base
-            _undo(run, last)
-            last.outcome = "not_fixed"
-            last.reason = f"its fix broke {', '.join(broken)} in the final verification; reverted"
-            last.files = ()
+                settled[ready.index] = future.result()
+            except Exception as exc:  # a bug or a broken workspace: this job only
+                ready.reason = f"internal error: {exc}"
+                settled[ready.index] = None
 
-    def _stop(self, run: Run, jobs: list[Job], children: set[int], restore: bool) -> None:
-        """Stop the workers, then (interrupted) put every integrated file back; remove every
-        workspace."""
-        run.cancel.set()
-        if any(not f.done() for f in run.futures):
-            _kill_new_children(children)  # re-runs in flight end now, not at their timeout
-            wait(run.futures, timeout=STOP_GRACE_SECONDS)
-        if restore:
-            integrated = [job for job, _ in reversed(run.chain)]
-            # A job cut short while being written to the user's tree is the newest of all.
-            cut = [j for j in jobs if j.journal is not None and j not in integrated]
-            for job in cut + integrated:
-                _undo(run, job)
-                job.outcome, job.reason, job.files = "not_fixed", "interrupted", ()
-        run.close()
+
+def _fixed(jobs: list[Job]) -> list[str]:
+    return [n for job in jobs if job.outcome == "fixed" for n in job.nodeids]
+
+
+def settle(run: Run, job: Job, fix: Fix | None, fixed_before: list[str]) -> bool:
+    """Integrate a finished job's fix; False when it goes back for another attempt."""
+    if fix is None:
+        return True
+    why = integrate(run, job, fix, fixed_before)
+    if why is None:
+        return True
+    if job.details:  # the gate said yes; integration said no: the report shows both
+        last = job.details[-1]
+        job.details[-1] = dataclasses.replace(
+            last, kept=False, checks=(*last.checks, CheckResult("integration", False, why))
+        )
+    job.reason = why
+    if job.attempts >= run.settings.max_attempts or run.over_budget():
+        return True
+    job.feedback = feedback(job.attempts, why)
+    return False
+
+
+def verify(run: Run, jobs: list[Job]) -> None:
+    """The session's whole selection once on the integrated state (sandboxed: the tests that
+    passed in the session and the fixed ones, with the session's `-n` under xdist); undo the
+    newest integrated fix while any fails (a later fix broke an earlier one, or a test the
+    per-attempt import graph did not reach). Issue 9: never skipped, since the integration's
+    re-run covers only the fixed tests."""
+    settings = run.settings
+    args = list(settings.rerun.extra_args)
+    if settings.xdist_workers and args[-2:] == ["-n", "0"]:
+        args[-1] = settings.xdist_workers
+    final = dataclasses.replace(settings.rerun, extra_args=tuple(args))
+    while run.chain:
+        selection = list(dict.fromkeys([*run.passed, *_fixed(jobs)]))
+        try:
+            result = _rerun_in(run, run.integrated, compact(selection, run.whole_files), final)
+            broken = result.failing(selection)
+        except Tainted as exc:
+            broken = exc.files
+        if not broken:
+            return
+        last, _ = run.chain.pop()
+        state = run.base
+        for _, fix in run.chain:  # rebuilt: fixes integrated together share one state
+            state = state.derive(fix.patch)
+        run.integrated = state
+        _undo(run, last)
+        last.outcome = "not_fixed"
+        last.reason = f"its fix broke {', '.join(broken)} in the final verification; reverted"
+        last.files = ()
+
+
+def stop(run: Run, jobs: list[Job], children: set[int], restore: bool) -> None:
+    """Stop the workers; put back a fix cut short while being written to the user's tree
+    (after an interrupt or a bug) and, interrupted, every integrated fix; remove every
+    workspace. The integrated fixes that stay have their journals kept."""
+    run.cancel.set()
+    if any(not f.done() for f in run.futures):
+        _kill_new_children(children)  # re-runs in flight end now, not at their timeout
+        wait(run.futures, timeout=STOP_GRACE_SECONDS)
+    integrated = [job for job, _ in reversed(run.chain)]
+    cut = [j for j in jobs if j.journal is not None and j not in integrated]
+    for job in cut + (integrated if restore else []):
+        _undo(run, job)
+        job.outcome, job.reason, job.files = "not_fixed", "interrupted", ()
+    for job in integrated:
+        if job.journal is not None:
+            job.journal.keep()
+    run.close()
+
+
+def outcomes(failures: list[Failure], flaky: list[str], jobs: list[Job]) -> list[Outcome]:
+    """One entry per original failure, in the session's order, whatever job it was in."""
+    by_id = {f.nodeid: job for job in jobs for f in job.failures}
+    found = []
+    for f in failures:
+        if f.nodeid in flaky:
+            found.append(Outcome(f.nodeid, "flaky", 0, (), "passed on re-run"))
+        elif f.nodeid in by_id:
+            job = by_id[f.nodeid]
+            found.append(
+                Outcome(
+                    f.nodeid,
+                    job.outcome,
+                    job.attempts,
+                    job.files,
+                    job.reason,
+                    tuple(job.details),
+                )
+            )
+    return found
 
 
 def _undo(run: Run, job: Job) -> None:
