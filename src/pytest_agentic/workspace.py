@@ -71,10 +71,6 @@ class Journal:
         """A unified diff (a/ b/ paths, like git) of every journalled file against its original."""
         return "".join(_file_diff(self.root, self.dir, rel, n) for rel, n in self.entries.items())
 
-    def originals(self) -> dict[str, bytes | None]:
-        """rel path -> its bytes before the attempt (None: it did not exist)."""
-        return {rel: _original(self.dir, n)[1] for rel, n in self.entries.items()}
-
     def restore(self) -> list[str]:
         """Put every journalled file back as it was; forget the journal."""
         restored = replay(self.root, self.dir)
