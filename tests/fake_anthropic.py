@@ -72,6 +72,16 @@ def done(note: str = "Fixed.") -> dict[str, Any]:
     return message(text(note))
 
 
+def approve(reason: str = "A real fix of the cause, minimal and in scope.") -> dict[str, Any]:
+    """The reviewer's reply that keeps a fix (the reviewer runs by default)."""
+    return message(tool_use("submit_review", verdict="approve", reason=reason))
+
+
+def reject(reason: str) -> dict[str, Any]:
+    """The reviewer's reply that rejects a fix; `reason` is fed back word for word."""
+    return message(tool_use("submit_review", verdict="reject", reason=reason))
+
+
 class _QuietServer(ThreadingHTTPServer):
     daemon_threads = True
 

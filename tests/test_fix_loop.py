@@ -9,7 +9,16 @@ from typing import Any
 
 import pytest
 
-from fake_anthropic import ApiError, FakeAnthropic, done, edit, message, text, tool_use
+from fake_anthropic import (
+    ApiError,
+    FakeAnthropic,
+    approve,
+    done,
+    edit,
+    message,
+    text,
+    tool_use,
+)
 
 PYPROJECT = """\
 [tool.pytest.ini_options]
@@ -52,7 +61,7 @@ def load_report(root: Path) -> dict[str, Any]:
 def test_fixed_first_time(
     pytester: pytest.Pytester, project: Path, fake_anthropic: FakeAnthropic
 ) -> None:
-    fake_anthropic.reply(message(text("The operator is wrong."), FIX), done())
+    fake_anthropic.reply(message(text("The operator is wrong."), FIX), done(), approve())
     result = pytester.runpytest("--agent-fix", "--agent-report", "fix.json")
     assert result.ret == 0
     assert (project / "calc.py").read_text() == CALC.replace("a - b", "a + b")
@@ -78,6 +87,37 @@ def test_fixed_first_time(
         "question": "",
         "fixed_by": "",
         "commit": "",
+        # The gate's checks, in order (issue 9): which ran and what each said.
+        "attempts_detail": [
+            {
+                "attempt": 1,
+                "kept": True,
+                "checks": [
+                    {"check": "target", "ok": True, "reason": "the failing test(s) pass"},
+                    {
+                        "check": "regression",
+                        "ok": True,
+                        "reason": "1 affected passing test(s) still pass",
+                    },
+                    {
+                        "check": "tamper",
+                        "ok": True,
+                        "reason": "no code reaching into the test runner or the process",
+                    },
+                    {
+                        "check": "diff_budget",
+                        "ok": True,
+                        "reason": "2 changed line(s), budget 200",
+                    },
+                    {"check": "checks", "ok": True, "reason": "no project checks configured"},
+                    {
+                        "check": "review",
+                        "ok": True,
+                        "reason": "approved: A real fix of the cause, minimal and in scope.",
+                    },
+                ],
+            }
+        ],
     }
     assert report["exit_status"] == 0
     assert set(report["usage"]) == {
@@ -124,11 +164,12 @@ def test_prompt_cache_is_read_on_later_turns(
         message(tool_use("run_tests")),
         message(FIX),
         done(),
+        approve(),
     )
     result = pytester.runpytest("--agent-fix")
     assert result.ret == 0
     usages = [r for r in fake_anthropic.requests]
-    assert len(usages) == 4
+    assert len(usages) == 5  # 4 turns of the fix, 1 of the review
     report = load_report(project)
     assert report["usage"]["cache_read_input_tokens"] > report["usage"]["input_tokens"]
     # Every request after the first carries a breakpoint on its newest message.
@@ -140,7 +181,7 @@ def test_fixed_on_the_second_attempt_after_a_revert(
     pytester: pytest.Pytester, project: Path, fake_anthropic: FakeAnthropic
 ) -> None:
     wrong = edit("calc.py", "return a - b", "return a * b")
-    fake_anthropic.reply(message(wrong), done(), message(FIX), done())
+    fake_anthropic.reply(message(wrong), done(), message(FIX), done(), approve())
     result = pytester.runpytest("--agent-fix")
     assert result.ret == 0
     result.stdout.fnmatch_lines(["fixed in 2 attempts: tests/test_calc.py::test_add"])
@@ -235,7 +276,9 @@ def test_out_of_scope_edit_is_refused_under_an_active_task(
 def test_overloaded_529_is_retried_by_the_sdk(
     pytester: pytest.Pytester, project: Path, fake_anthropic: FakeAnthropic
 ) -> None:
-    fake_anthropic.reply(ApiError(529, "overloaded_error", "Overloaded"), message(FIX), done())
+    fake_anthropic.reply(
+        ApiError(529, "overloaded_error", "Overloaded"), message(FIX), done(), approve()
+    )
     result = pytester.runpytest("--agent-fix")
     assert result.ret == 0
     result.stdout.fnmatch_lines(["fixed in 1 attempt: *test_add"])
@@ -245,7 +288,7 @@ def test_rate_limit_429_waits_for_retry_after_and_succeeds(
     pytester: pytest.Pytester, project: Path, fake_anthropic: FakeAnthropic
 ) -> None:
     limited = ApiError(429, "rate_limit_error", "slow down", headers={"retry-after-ms": "700"})
-    fake_anthropic.reply(limited, message(FIX), done())
+    fake_anthropic.reply(limited, message(FIX), done(), approve())
     result = pytester.runpytest("--agent-fix", "--agent-max-attempts", "1")
     assert result.ret == 0
     first, retried = fake_anthropic.requests[:2]
@@ -328,12 +371,12 @@ def test_settings_come_from_pyproject_and_the_command_line_wins(
     (project / "pyproject.toml").write_text(
         PYPROJECT + '[tool.pytest-agentic]\nfix = true\nmodel = "claude-from-config"\n'
     )
-    fake_anthropic.reply(message(FIX), done())
+    fake_anthropic.reply(message(FIX), done(), approve())
     result = pytester.runpytest()
     assert result.ret == 0
     assert fake_anthropic.requests[0].body["model"] == "claude-from-config"
     (project / "calc.py").write_text(CALC)
-    fake_anthropic.reply(message(FIX), done())
+    fake_anthropic.reply(message(FIX), done(), approve())
     pytester.runpytest("--agent-model", "claude-from-cli")
     assert fake_anthropic.requests[-1].body["model"] == "claude-from-cli"
 
@@ -414,7 +457,7 @@ def test_several_tool_calls_in_one_reply_each_get_a_result(
         old_str="not there",
         new_str="x",
     )
-    fake_anthropic.reply(message(view, bad, FIX), done())
+    fake_anthropic.reply(message(view, bad, FIX), done(), approve())
     result = pytester.runpytest("--agent-fix")
     assert result.ret == 0
     results = fake_anthropic.requests[1].tool_results()
@@ -428,7 +471,7 @@ def test_dry_run_proposes_a_patch_and_leaves_the_tree(
     pytester: pytest.Pytester, project: Path, fake_anthropic: FakeAnthropic
 ) -> None:
     before = snapshot(project)
-    fake_anthropic.reply(message(FIX), done())
+    fake_anthropic.reply(message(FIX), done(), approve())
     result = pytester.runpytest("--agent-fix", "--agent-dry-run")
     result.stdout.fnmatch_lines(["would be fixed (dry run) in 1 attempt: *test_add"])
     assert snapshot(project) == before
@@ -477,11 +520,11 @@ def test_plain_run_does_not_import_anthropic(pytester: pytest.Pytester) -> None:
 def test_under_xdist_the_loop_runs_once_in_the_controller(
     pytester: pytest.Pytester, project: Path, fake_anthropic: FakeAnthropic
 ) -> None:
-    fake_anthropic.reply(message(FIX), done())
+    fake_anthropic.reply(message(FIX), done(), approve())
     result = pytester.runpytest_subprocess("-n", "2", "--agent-fix")
     assert result.ret == 0
     result.stdout.fnmatch_lines(["fixed in 1 attempt: tests/test_calc.py::test_add"])
-    assert len(fake_anthropic.requests) == 2
+    assert len(fake_anthropic.requests) == 3  # the fix's two turns, then one review
 
 
 @pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
@@ -607,7 +650,7 @@ def test_a_fix_that_breaks_an_earlier_fix_is_reverted(
         "def mul(a, b):",
         "def sub(a, b):\n    return a - b\n\n\nadd = sub\n\n\ndef mul(a, b):",
     )
-    fake_anthropic.reply(message(FIX), done(), message(breaking), done())
+    fake_anthropic.reply(message(FIX), done(), approve(), message(breaking), done(), approve())
     result = pytester.runpytest("--agent-fix", "--agent-max-attempts", "1", "--agent-workers", "1")
     assert result.ret == 1
     outcomes = {f["nodeid"]: f for f in load_report(project)["failures"]}
@@ -628,7 +671,7 @@ def test_failures_sharing_a_file_are_fixed_once(
     (project / "tests/test_more.py").write_text(
         "from calc import add\n\ndef test_more():\n    assert add(1, 1) == 2\n"
     )
-    fake_anthropic.reply(message(FIX), done())
+    fake_anthropic.reply(message(FIX), done(), approve())
     # One worker (issue 8): with more, both are dispatched before either fix exists.
     result = pytester.runpytest("--agent-fix", "--agent-workers", "1")
     assert result.ret == 0
@@ -645,7 +688,7 @@ def test_failures_sharing_a_file_are_fixed_once(
         ["fixed by the fix for tests/test_calc.py::test_add: tests/test_more.py::test_more"]
     )
     assert "fixed in 0 attempts" not in result.stdout.str()
-    assert len(fake_anthropic.requests) == 2
+    assert len(fake_anthropic.requests) == 3  # the fix's two turns, then one review
 
 
 def test_setup_errors_are_fixed_too_and_conventions_are_sent(
@@ -659,7 +702,9 @@ def test_setup_errors_are_fixed_too_and_conventions_are_sent(
     )
     (project / "calc.py").write_text(CALC.replace("return a * b", "return a * b + 1"))
     (project / "AGENTS.md").write_text("# AGENTS.md\nNever use floats for money.\n")
-    fake_anthropic.reply(message(edit("calc.py", "return a * b + 1", "return a * b")), done())
+    fake_anthropic.reply(
+        message(edit("calc.py", "return a * b + 1", "return a * b")), done(), approve()
+    )
     result = pytester.runpytest("--agent-fix")
     assert result.ret == 0
     prompt = fake_anthropic.requests[0].body["messages"][0]["content"][0]["text"]
@@ -672,7 +717,7 @@ def test_report_command_summarises_the_last_run(
 ) -> None:
     import sys
 
-    fake_anthropic.reply(message(FIX), done())
+    fake_anthropic.reply(message(FIX), done(), approve())
     pytester.runpytest("--agent-fix")
     proc = subprocess.run(
         [sys.executable, "-m", "pytest_agentic.cli", "report"],

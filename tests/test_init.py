@@ -295,3 +295,23 @@ def test_crlf_files_keep_their_sections() -> None:
     assert out == (
         "mine\r\n<!-- pytest-agentic:begin a -->\r\nnew\r\n<!-- pytest-agentic:end a -->\r\n"
     )
+
+
+def test_init_proposes_the_checks_it_finds_configured(
+    git_repo: GitRepo, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = dict(SRC_PROJECT)
+    files["pyproject.toml"] += "[tool.ruff]\nline-length = 100\n[tool.mypy]\nstrict = true\n"
+    root = git_repo(files)
+    monkeypatch.chdir(root)
+    assert init_main([]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "suggested for [tool.pytest-agentic] (the fix loop's project checks): "
+        'checks = ["ruff check {files}", "mypy {files}"]'
+    )
+    assert "checks" not in (root / "pyproject.toml").read_text()  # proposed, not written
+    # Once `checks` is set, nothing is proposed.
+    with (root / "pyproject.toml").open("a") as fh:
+        fh.write('[tool.pytest-agentic]\nchecks = ["ruff check {files}"]\n')
+    assert init_main([]) == 0
+    assert "suggested" not in capsys.readouterr().out

@@ -74,3 +74,38 @@ def test_rerun_time_limit(tmp_path: Path) -> None:
     assert result.timed_out
     assert not result.passed(["test_slow.py::test_slow"])
     assert "[timed out after 2 s]" in result.output
+
+
+SHADOW = (
+    "import json, os, sys\n"
+    "out = os.environ.get('PYTEST_AGENTIC_RERUN_OUT')\n"
+    "if out:\n"
+    "    json.dump({a: 'passed' for a in sys.argv if '::' in a}, open(out, 'w'))\n"
+    "sys.exit(0)\n"
+)
+
+
+def test_a_pytest_py_in_the_project_cannot_shadow_pytest(tmp_path: Path) -> None:
+    # Issue 9: `python -m pytest` imported ./pytest.py, which wrote "passed" for everything.
+    (tmp_path / "pytest.py").write_text(SHADOW)
+    (tmp_path / "test_a.py").write_text("def test_a():\n    assert False\n")
+    result = run_tests(["test_a.py::test_a"], RerunSettings(rootdir=tmp_path))
+    assert result.outcomes == {"test_a.py::test_a": "failed"}
+
+
+def test_the_python_3_10_start_drops_the_working_directory_too(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from pytest_agentic.runner import _SAFE_START
+
+    (tmp_path / "pytest.py").write_text(SHADOW + "raise SystemExit('shadowed')\n")
+    (tmp_path / "test_a.py").write_text("def test_a():\n    assert False\n")
+    proc = subprocess.run(
+        [sys.executable, "-c", _SAFE_START, "-q", "-p", "no:cacheprovider", "test_a.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "1 failed" in proc.stdout

@@ -647,7 +647,7 @@ def test_agent_report_with_a_space_does_not_move_the_project_root(
     # pytest picks its rootdir before plugins add their options, so in `--agent-report PATH`
     # PATH counts as a test path: with a config file above it, the rootdir moves up to a
     # folder that also holds another git repository. The fix loop still works on the project.
-    from fake_anthropic import done, edit, message, tool_use
+    from fake_anthropic import approve, done, edit, message, tool_use
 
     mono = tmp_path / "mono"
     mono.mkdir()
@@ -676,7 +676,12 @@ def test_agent_report_with_a_space_does_not_move_the_project_root(
             "str_replace_based_edit_tool", command="create", path="../other/evil.py", file_text="1"
         ),
     )
-    fake_anthropic.reply(attacks, message(edit("src/calc/__init__.py", "a - b", "a + b")), done())
+    fake_anthropic.reply(
+        attacks,
+        message(edit("src/calc/__init__.py", "a - b", "a + b")),
+        done(),
+        approve(),  # the reviewer (issue 9), on by default
+    )
     run = subprocess.run(
         [
             sys.executable,

@@ -108,8 +108,10 @@ class Toolbox:
         policy: PathPolicy,
         journal: Journal,
         run_tests: Callable[[], str],
+        read_only: bool = False,
     ) -> None:
         self.root = root
+        self.read_only = read_only  # the reviewer's toolbox: it views, never writes
         self.policy = policy
         self.journal = journal
         self.run_tests = run_tests
@@ -152,6 +154,8 @@ class Toolbox:
         return rel, self.root / rel
 
     def _writable(self, raw: Any) -> tuple[str, Path]:
+        if self.read_only:
+            raise ToolError("read-only: the reviewer may view files, not change them")
         if not isinstance(raw, str) or not raw:
             raise ToolError("`path` is required")
         refusal = self.policy.check(raw)

@@ -28,7 +28,10 @@ TABLE = "pytest-agentic"
 #: Files the fixer may never write, even inside a task's scope (gitwildmatch): the tests, and
 #: the files that configure how pytest runs them. An agent that may edit `addopts` can load a
 #: plugin of its own that reports every test as passed, or (in `[tool.pytest-agentic]`) empty
-#: this very list for the next run.
+#: this very list for the next run. Then the files a re-run's interpreter or pytest reads before
+#: any test (`pytest.py` would shadow pytest itself; pytest 9 reads `pytest.toml` first), the
+#: project's automation, and the convention files that instruct agents. On top of these, the
+#: fixer protects the files this session collected tests from, its conftests and its ini file.
 DEFAULT_PROTECTED = (
     "tests/",
     "test/",
@@ -40,6 +43,19 @@ DEFAULT_PROTECTED = (
     ".pytest.ini",
     "tox.ini",
     "setup.cfg",
+    "pytest.toml",
+    ".pytest.toml",
+    "pytest.py",
+    "_pytest/",
+    "sitecustomize.py",
+    "usercustomize.py",
+    "*.pth",
+    "noxfile.py",
+    ".pre-commit-config.yaml",
+    ".github/",
+    "AGENTS.md",
+    "CLAUDE.md",
+    "docs/knowledge/",
 )
 
 # key -> (kind, default). Kinds: "str", "str?" (str or absent), "bool", "int", "int?",
@@ -64,6 +80,11 @@ KEYS: dict[str, tuple[str, Any]] = {
     "sandbox": ("str", "auto"),
     "sandbox_network": ("bool", False),
     "workers": ("int", 4),
+    # the validation gate
+    "max_diff_lines": ("int", 200),
+    "checks": ("list[str]", []),
+    "review": ("bool", True),
+    "review_model": ("str?", None),
     # convention files
     "templates_dir": ("str?", None),
     "knowledge_dir": ("str", "docs/knowledge"),

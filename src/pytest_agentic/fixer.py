@@ -22,6 +22,7 @@ imported lazily: in a thread, while the failures' confirmation re-run runs.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import signal
@@ -38,11 +39,13 @@ import pytest
 
 from pytest_agentic.agent import EDITOR_TOOL, Conversation, Toolbox, Usage, converse
 from pytest_agentic.atomic import write_atomic
-from pytest_agentic.context import first_message
+from pytest_agentic.context import _read, _rel_inside, first_message
 from pytest_agentic.errors import AgenticError
 from pytest_agentic.plugin import RUN_LOCK
 from pytest_agentic.progress import LiveProgress, parse_refusal
 from pytest_agentic.report import (
+    AttemptDetail,
+    CheckResult,
     Outcome,
     Refused,
     RunReport,
@@ -54,9 +57,22 @@ from pytest_agentic.report import (
 )
 from pytest_agentic.runner import RerunSettings, RunResult, run_tests
 from pytest_agentic.sandbox import Base, Workspace, acquire_lock, fingerprint, snapshot_base
+from pytest_agentic.sandbox import _git as sandbox_git
 from pytest_agentic.sandbox import describe as describe_sandbox
 from pytest_agentic.scope import PathPolicy
 from pytest_agentic.tasks import Task
+from pytest_agentic.validate import (
+    FileChange,
+    affected_tests,
+    assertion_literals,
+    compact,
+    diff_budget,
+    project_checks,
+    regression,
+    special_cases,
+    tamper,
+)
+from pytest_agentic.validate import Verdict as Check
 from pytest_agentic.workspace import Journal
 
 # How long an interrupted run waits for its workers to reach their next step; a worker still
@@ -83,6 +99,11 @@ class Settings:
     context_max_chars: int = 24_000
     workers: int = 4
     commit: bool = False
+    review: bool = True
+    review_model: str = ""
+    max_diff_lines: int = 200
+    checks: tuple[str, ...] = ()
+    xdist_workers: str | None = None  # the session's `-n`, repeated by the final run
 
 
 @dataclass(frozen=True)
@@ -158,6 +179,7 @@ class Job:
     diff: str = ""
     commit: str = ""
     fixed_by: str = ""
+    details: list[AttemptDetail] = field(default_factory=list)  # the gate's say, per attempt
 
     @property
     def nodeids(self) -> list[str]:
@@ -197,6 +219,7 @@ class Job:
                 usage=usage if nodeid == first else {},
                 patch=self.patch if nodeid == first else "",
                 commit=self.commit if nodeid == first else "",
+                attempts_detail=tuple(self.details) if nodeid == first else (),
             )
             for nodeid in self.nodeids
         ]
@@ -276,6 +299,11 @@ class Run:
         self._workspaces: dict[int, Workspace] = {}
         self.futures: list[Future[Fix | None]] = []
         self._client: Any = None
+        # From the session (issue 9): files the agent may not write on top of `protected`,
+        # the node ids that passed, and test files a re-run may name by path.
+        self.protected_paths: frozenset[str] = frozenset()
+        self.passed: list[str] = []
+        self.whole_files: set[str] = set()
 
     # --- resources ---
 
@@ -331,10 +359,12 @@ class Run:
         with self._lock:
             return budget is not None and self.usage.total >= budget
 
-    def rerun(self, nodeids: Sequence[str], ws: Workspace | None) -> RunResult:
+    def rerun(
+        self, nodeids: Sequence[str], ws: Workspace | None, rerun: RerunSettings | None = None
+    ) -> RunResult:
         """Re-run `nodeids` in `ws` (sandboxed), or in the user's tree before any agent code."""
         self.check_cancel()
-        result = run_tests(nodeids, self.settings.rerun, workspace=ws)
+        result = run_tests(nodeids, rerun or self.settings.rerun, workspace=ws)
         with self._lock:
             self.rerun_seconds += result.seconds
         self.check_cancel()
@@ -393,7 +423,11 @@ class _AttemptTools(Toolbox):
     def __init__(self, run: Run, ws: Workspace, rerun: Callable[[], str]) -> None:
         settings = run.settings
         policy = PathPolicy(
-            ws.path, task=settings.task, protected=settings.protected, for_agent=True
+            ws.path,
+            task=settings.task,
+            protected=settings.protected,
+            for_agent=True,
+            protected_paths=run.protected_paths,
         )
         super().__init__(ws.path, policy, _EditLog(ws.path, "editor"), rerun)
         self.ws = ws
@@ -421,6 +455,7 @@ class Verdict:
     reason: str = ""
     detail: str = ""
     final: bool = False
+    checks: tuple[Check, ...] = ()  # the gate's checks that ran, in order (issue 9)
 
 
 @dataclass(frozen=True)
@@ -433,10 +468,12 @@ class Fix:
     base: Base
 
 
-def checked_rerun(run: Run, ws: Workspace, nodeids: Sequence[str]) -> RunResult:
+def checked_rerun(
+    run: Run, ws: Workspace, nodeids: Sequence[str], rerun: RerunSettings | None = None
+) -> RunResult:
     """A sandboxed re-run in the workspace, then the integrity check: anything but the editor
     changing a file (tracked, protected, `.git`) raises `Tainted`."""
-    result = run.rerun(nodeids, ws)
+    result = run.rerun(nodeids, ws, rerun)
     foreign = ws.foreign_changes()
     if foreign:
         raise Tainted(foreign)
@@ -444,11 +481,16 @@ def checked_rerun(run: Run, ws: Workspace, nodeids: Sequence[str]) -> RunResult:
 
 
 def judge(
-    run: Run, conversation: Conversation, ws: Workspace, fix: Fix, nodeids: list[str]
+    run: Run,
+    conversation: Conversation,
+    ws: Workspace,
+    fix: Fix,
+    nodeids: list[str],
+    job: Job | None = None,
 ) -> Verdict:
-    """The one place an attempt is judged: `fix` is the editor's change in `ws`. The
-    validation gate (regression, tamper, diff budget, project checks, reviewer) plugs in
-    after the target tests pass; every re-run in `ws` goes through `checked_rerun`."""
+    """The one place an attempt is judged: `fix` is the editor's change in `ws`. The target
+    tests pass (every re-run in `ws` goes through `checked_rerun`, the integrity check), then
+    the validation gate (`gate`): regression, tamper, diff budget, project checks, reviewer."""
     if conversation.ended == "tainted":
         return Verdict(False, conversation.reason)
     if conversation.ended == "api_error":
@@ -460,9 +502,15 @@ def judge(
     try:
         result = checked_rerun(run, ws, nodeids)
     except Tainted as exc:
-        return Verdict(False, _tainted(exc))
+        return Verdict(False, _tainted(exc), checks=(Check("integrity", False, _tainted(exc)),))
     if result.passed(nodeids):
-        return Verdict(True)
+        checks = [Check("target", True, "the failing test(s) pass")]
+        if job is not None:
+            checks += gate(run, job, ws, fix.files, result.output)
+        failed = next((c for c in checks if not c.ok), None)
+        if failed is None:
+            return Verdict(True, checks=tuple(checks))
+        return Verdict(False, failed.reason, failed.feedback, checks=tuple(checks))
     summary = next(
         (
             line
@@ -474,7 +522,118 @@ def judge(
     why = "the test still fails" + (f": {summary}" if summary else "")
     if conversation.ended == "max_turns":
         why = f"{conversation.reason}, and {why}"
-    return Verdict(False, why, result.output[-4000:])
+    detail = f"```\n{result.output[-4000:]}\n```"
+    return Verdict(False, why, detail, checks=(Check("target", False, why, detail),))
+
+
+def gate(run: Run, job: Job, ws: Workspace, files: Sequence[str], output: str) -> list[Check]:
+    """The validation gate after the target passes, in order, until the first "no"."""
+    settings = run.settings
+    changes = _changes(ws, files)
+    changed = [c.path for c in changes]
+
+    def no_regression() -> Check:
+        # The session's passing tests the change can reach, re-run in the workspace.
+        passing = [n for n in run.passed if n not in job.nodeids]
+        affected = affected_tests(ws.path, changed, passing, job.nodeids)
+        if not affected:
+            return Check("regression", True, "no passing test imports the changed files")
+        try:
+            result = checked_rerun(run, ws, compact(affected, run.whole_files))
+        except Tainted as exc:
+            return Check("integrity", False, _tainted(exc))
+        return regression(affected, result.outcomes, result.output, result.timed_out)
+
+    steps: list[Callable[[], Check]] = [
+        no_regression,
+        lambda: tamper(changes),
+        lambda: diff_budget(changes, settings.max_diff_lines),
+        lambda: project_checks(
+            settings.checks,
+            [c.path for c in changes if c.new is not None],
+            ws.path,
+            settings.rerun.timeout,
+        ),
+    ]
+    if settings.review:
+        steps.append(lambda: _review(run, job, ws, files, changes, output, checks))
+    checks: list[Check] = []
+    for step in steps:
+        run.check_cancel()
+        checks.append(step())
+        if not checks[-1].ok:
+            break
+    return checks
+
+
+def _changes(ws: Workspace, files: Sequence[str]) -> list[FileChange]:
+    """The editor's files, as text before (the workspace's one commit: the state it was
+    checked out from) and after."""
+
+    def text(data: bytes | None) -> str | None:
+        return None if data is None else data.decode("utf-8", "replace")
+
+    changes = []
+    for rel in files:
+        proc = sandbox_git(ws.path, "show", f"HEAD:{rel}", check=False)
+        old = proc.stdout if proc.returncode == 0 else None
+        path = ws.path / rel
+        new = path.read_bytes() if path.is_file() else None
+        if old != new:
+            changes.append(FileChange(rel, text(old), text(new)))
+    return changes
+
+
+def _review(
+    run: Run,
+    job: Job,
+    ws: Workspace,
+    files: Sequence[str],
+    changes: list[FileChange],
+    output: str,
+    checks: list[Check],
+) -> Check:
+    """The reviewer's conversation: its own thread, read-only tools rooted at the workspace."""
+    import anthropic
+
+    from pytest_agentic.review import review, review_message
+
+    literals: set[object] = set()
+    for failure in job.failures:
+        lines = _read(ws.path, failure.path) if failure.path else None
+        if lines is not None:
+            literals |= assertion_literals("\n".join(lines), failure.lineno)
+    ran = "\n".join(f"{c.check}: {c.reason}" for c in checks)
+    message = review_message(
+        job.context[0]["text"] if job.context else "\n".join(job.nodeids),
+        ws.diff(files),
+        f"{ran}\n{output}",
+        special_cases(changes, literals),
+    )
+    toolbox = Toolbox(
+        ws.path,
+        PathPolicy(ws.path, for_agent=True),
+        _EditLog(ws.path, "review"),
+        lambda: "",
+        read_only=True,
+    )
+    usage = Usage()
+    try:
+        outcome = review(
+            _Client(run),
+            model=run.settings.review_model or run.settings.model,
+            message=message,
+            toolbox=toolbox,
+            usage=usage,
+            api_error=anthropic.APIError,
+        )
+    finally:
+        run.add_usage(usage)
+    if run.run_dir is not None:
+        write_transcript(
+            run.run_dir, job.index, job.nodeids[0], job.attempts, outcome.transcript, "review"
+        )
+    return outcome.verdict
 
 
 def _tainted(exc: Tainted) -> str:
@@ -528,7 +687,7 @@ def attempt(run: Run, job: Job) -> tuple[Fix | None, Verdict]:
         if conversation.ended in ("end_turn", "max_turns") and files:
             run.on_event("judge", job=job)  # the re-run that decides can take a while
         fix = Fix(ws.diff(files), tuple(files), base)
-        verdict = judge(run, conversation, ws, fix, nodeids)
+        verdict = judge(run, conversation, ws, fix, nodeids, job)
         return (fix if verdict.kept else None), verdict
     finally:
         run.discard(ws)
@@ -546,6 +705,13 @@ def work(run: Run, job: Job) -> Fix | None:
             job.attempts += 1
             run.on_event("attempt", job=job, attempt=job.attempts)
             fix, verdict = attempt(run, job)
+            job.details.append(
+                AttemptDetail(
+                    job.attempts,
+                    fix is not None,
+                    tuple(CheckResult(c.check, c.ok, c.reason) for c in verdict.checks),
+                )
+            )
             run.on_event("judged", job=job, attempt=job.attempts, verdict=verdict)
             if fix is not None:
                 return fix
@@ -559,10 +725,12 @@ def work(run: Run, job: Job) -> Fix | None:
 
 
 def feedback(attempt: int, reason: str, detail: str = "") -> str:
+    """What the next attempt is told. `detail` comes formatted (a re-run's output fenced, a
+    reviewer's reason word for word)."""
     return (
         f"Attempt {attempt} did not fix it: {reason}. Its changes were discarded; you start "
         "again from the code as it was. Try a different approach."
-        + (f"\n```\n{detail}\n```" if detail else "")
+        + (f"\n{detail}" if detail else "")
     )
 
 
@@ -673,11 +841,13 @@ def _write_user_file(run: Run, journal: Journal, rel: str, source: Path) -> None
     run.written[rel] = fingerprint(target)
 
 
-def _rerun_in(run: Run, state: Base, nodeids: list[str]) -> RunResult:
+def _rerun_in(
+    run: Run, state: Base, nodeids: list[str], rerun: RerunSettings | None = None
+) -> RunResult:
     """A checked re-run in a fresh workspace of `state` (raises `Tainted`)."""
     ws = run.workspace(state)
     try:
-        return checked_rerun(run, ws, nodeids)
+        return checked_rerun(run, ws, nodeids, rerun)
     finally:
         run.discard(ws)
 
@@ -738,10 +908,35 @@ class FixSession:
         self._announcing = threading.Lock()
         self._total = 0
         self._live: Run | None = None  # the run in progress, for the tokens spent so far
+        self.passed: dict[str, None] = {}  # node ids that passed in the session, in order
+        self.test_files: set[str] = set()  # files the session collected tests from
+        self.reported_files: set[str] = set()  # the same, from node ids (xdist controller)
+        self.partial_files: set[str] = set()  # files some of whose tests were deselected
 
     # --- pytest hooks -----------------------------------------------------------------------
 
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        for item in items:
+            # A doctest's "test file" is the module under test: that one stays fixable.
+            if type(item).__name__ == "DoctestItem" and item.path.suffix == ".py":
+                continue
+            rel = _rel_inside(self.rootdir, str(item.path))
+            if rel is not None:
+                self.test_files.add(rel)
+
+    def pytest_deselected(self, items: Sequence[pytest.Item]) -> None:
+        for item in items:
+            self.partial_files.add(_rel_inside(self.rootdir, str(item.path)) or "")
+
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        # Under xdist the controller collects nothing: the node ids name the test files.
+        test_file = _collected_file(report.nodeid)
+        if test_file is not None:
+            self.reported_files.add(test_file)
+        if report.failed:
+            self.passed.pop(report.nodeid, None)
+        elif report.when == "call" and report.passed and report.nodeid not in self.failures:
+            self.passed[report.nodeid] = None
         if (
             report.failed
             and report.when in ("setup", "call")
@@ -900,6 +1095,9 @@ class FixSession:
                     base = snapshot_base(self.root, self._scratch())
                     run = Run(self.root, settings, base, report.run_dir, self.on_event, early)
                     self._live = run
+                    run.protected_paths = frozenset(self._session_files())
+                    run.passed = list(self.passed)
+                    run.whole_files = self._whole_files()
                     for job in jobs:
                         job.context = first_message(
                             self.rootdir,
@@ -961,6 +1159,30 @@ class FixSession:
         result = run_tests(nodeids, self.settings.rerun)
         self._rerun_seconds = result.seconds
         return [n for n in nodeids if result.outcomes.get(n) == "passed"]
+
+    def _session_files(self) -> set[str]:
+        """The session's own test files, the conftests it loaded and its ini file (relative
+        to the project root: the agent's tools are rooted at its copy)."""
+        files = {
+            _rel_inside(self.root, str(self.rootdir / rel)) or ""
+            for rel in (self.test_files or self.reported_files)
+        }
+        for plugin in self.config.pluginmanager.get_plugins():
+            path = getattr(plugin, "__file__", None)
+            if isinstance(path, str) and os.path.basename(path) == "conftest.py":
+                files.add(_rel_inside(self.root, path) or "")
+        if self.config.inipath is not None:
+            files.add(_rel_inside(self.root, str(self.config.inipath)) or "")
+        files.discard("")
+        return files
+
+    def _whole_files(self) -> set[str]:
+        """Test files a re-run may name by path: the session ran every test collected from
+        them (no `-k`/`-m`/`--deselect` took any away, no `file::test` argument chose some).
+        Known only where collection happened (not in an xdist controller)."""
+        if any("::" in arg for arg in self.config.invocation_params.args):
+            return set()
+        return self.test_files - self.partial_files
 
     def _scratch(self) -> Path:
         lock = self.config.stash.get(RUN_LOCK, None)
@@ -1031,6 +1253,11 @@ def settle(run: Run, job: Job, fix: Fix | None, fixed_before: list[str]) -> bool
     why = integrate(run, job, fix, fixed_before)
     if why is None:
         return True
+    if job.details:  # the gate said yes; integration said no: the report shows both
+        last = job.details[-1]
+        job.details[-1] = dataclasses.replace(
+            last, kept=False, checks=(*last.checks, CheckResult("integration", False, why))
+        )
     job.reason = why
     if job.attempts >= run.settings.max_attempts or run.over_budget():
         return True
@@ -1039,16 +1266,21 @@ def settle(run: Run, job: Job, fix: Fix | None, fixed_before: list[str]) -> bool
 
 
 def verify(run: Run, jobs: list[Job]) -> None:
-    """All fixed tests together on the integrated state (sandboxed); undo the newest
-    integrated fix while any fails (a later fix broke an earlier one). Skipped when the last
-    integration already ran every fixed test on this very state."""
+    """The session's whole selection once on the integrated state (sandboxed: the tests that
+    passed in the session and the fixed ones, with the session's `-n` under xdist); undo the
+    newest integrated fix while any fails (a later fix broke an earlier one, or a test the
+    per-attempt import graph did not reach). Issue 9: never skipped, since the integration's
+    re-run covers only the fixed tests."""
+    settings = run.settings
+    args = list(settings.rerun.extra_args)
+    if settings.xdist_workers and args[-2:] == ["-n", "0"]:
+        args[-1] = settings.xdist_workers
+    final = dataclasses.replace(settings.rerun, extra_args=tuple(args))
     while run.chain:
-        fixed = _fixed(jobs)
-        if run.verified is not None and run.verified[0] is run.integrated:
-            if set(fixed) <= run.verified[1]:
-                return
+        selection = list(dict.fromkeys([*run.passed, *_fixed(jobs)]))
         try:
-            broken = _rerun_in(run, run.integrated, fixed).failing(fixed)
+            result = _rerun_in(run, run.integrated, compact(selection, run.whole_files), final)
+            broken = result.failing(selection)
         except Tainted as exc:
             broken = exc.files
         if not broken:
@@ -1164,6 +1396,16 @@ def _sigterm_interrupts() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _collected_file(nodeid: str) -> str | None:
+    """The file a node id's test was collected from, unless it looks like a doctest in a
+    module (`pkg/mod.py::pkg.mod.func`, `calc.py::calc`): that file is the code under test."""
+    path, sep, name = nodeid.partition("::")
+    name = name.split("[", 1)[0]
+    if not sep or (path.endswith(".py") and ("." in name or name == Path(path).stem)):
+        return None
+    return path
 
 
 def describe(result: RunResult, nodeids: Sequence[str]) -> str:

@@ -21,6 +21,8 @@ HELP_BUDGET = "stop dispatching failures once this many tokens are spent (defaul
 HELP_DRY_RUN = "propose patches in .agentic/runs/ but leave the working tree as it was."
 HELP_REPORT = "also write the JSON report to PATH."
 HELP_COMMIT = "commit each kept fix on its own (message `Fix <node id>`), only its files."
+HELP_REVIEW = "a reviewer conversation must approve each fix before it is kept (default: on)."
+HELP_NO_REVIEW = "keep fixes that pass the tests and checks without a reviewer."
 
 #: The run lock (`sandbox.Lock`) of a fix run, taken in `resolve_settings` and released at
 #: `config` cleanup; the fixer finds the run's scratch folder on it.
@@ -36,6 +38,7 @@ _SETTINGS = {
     "agent_dry_run": "dry_run",
     "agent_report": "report",
     "agent_commit": "commit",
+    "agent_review": "review",
     "agent_workers": "workers",
 }
 
@@ -60,6 +63,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--agent-dry-run", action="store_true", default=None, help=HELP_DRY_RUN)
     group.addoption("--agent-report", metavar="PATH", help=HELP_REPORT)
     group.addoption("--agent-commit", action="store_true", default=None, help=HELP_COMMIT)
+    group.addoption(
+        "--agent-review", action="store_true", dest="agent_review", default=None, help=HELP_REVIEW
+    )
+    group.addoption(
+        "--no-agent-review",
+        action="store_false",
+        dest="agent_review",
+        default=None,
+        help=HELP_NO_REVIEW,
+    )
     group.addoption("--agent-workers", type=_positive_int, metavar="N", help=HELP_WORKERS)
 
 
@@ -187,6 +200,15 @@ def _resolve_settings(config: pytest.Config, root: Path) -> Any:
         if refusal:
             raise pytest.UsageError(refusal)
     report = value("agent_report")
+    from pytest_agentic.validate import check_problem
+
+    for command in settings_file["checks"]:
+        problem = check_problem(command)
+        if problem is not None:
+            raise pytest.UsageError(
+                f"{settings_file.path}: [tool.pytest-agentic] checks: {problem}"
+            )
+    model = str(value("agent_model") or DEFAULT_MODEL)
     rerun = RerunSettings(
         rootdir=Path(config.rootpath),
         inifile=Path(config.inipath) if config.inipath else None,
@@ -199,7 +221,7 @@ def _resolve_settings(config: pytest.Config, root: Path) -> Any:
     )
     return Settings(
         max_attempts=int(value("agent_max_attempts")),
-        model=str(value("agent_model") or DEFAULT_MODEL),
+        model=model,
         max_turns=int(value("agent_max_turns")),
         budget_tokens=value("agent_budget_tokens"),
         dry_run=bool(value("agent_dry_run")),
@@ -210,5 +232,18 @@ def _resolve_settings(config: pytest.Config, root: Path) -> Any:
         api_timeout=float(settings_file["api_timeout"]),
         context_max_chars=int(settings_file["context_max_chars"]),
         commit=commit,
+        review=bool(value("agent_review")),
+        review_model=str(settings_file["review_model"] or model),
+        max_diff_lines=int(settings_file["max_diff_lines"]),
+        checks=tuple(settings_file["checks"]),
+        xdist_workers=_xdist_workers(config),
         workers=int(value("agent_workers")),
     )
+
+
+def _xdist_workers(config: pytest.Config) -> str | None:
+    """The session's `-n` (pytest-xdist), repeated by the final run of the whole selection."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return None
+    value = config.getoption("numprocesses", None)
+    return str(value) if value not in (None, 0, "0") else None

@@ -48,6 +48,29 @@ class Refused:
 
 
 @dataclass(frozen=True)
+class CheckResult:
+    """One check of the validation gate on one attempt (`validate.Verdict` minus feedback)."""
+
+    check: str  # target | regression | tamper | diff_budget | checks | review | ...
+    ok: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class AttemptDetail:
+    """What the gate said about one attempt: the checks that ran, in order; the first one
+    not ok (if any) is what stopped it."""
+
+    attempt: int
+    kept: bool
+    checks: tuple[CheckResult, ...] = ()
+
+    @property
+    def stopped_by(self) -> CheckResult | None:
+        return next((c for c in self.checks if not c.ok), None)
+
+
+@dataclass(frozen=True)
 class Outcome:
     """The verdict on one originally failing test."""
 
@@ -62,12 +85,16 @@ class Outcome:
     usage: Mapping[str, int] = field(default_factory=dict)  # this failure's attempts
     patch: str = ""  # the patch file's name in the run folder
     commit: str = ""  # with --agent-commit: the commit that holds the fix
+    attempts_detail: tuple[AttemptDetail, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["files_changed"] = list(self.files_changed)
         data["refusals"] = [asdict(r) for r in self.refusals]
         data["usage"] = dict(self.usage)
+        data["attempts_detail"] = [
+            {**asdict(d), "checks": [asdict(c) for c in d.checks]} for d in self.attempts_detail
+        ]
         return data
 
     @classmethod
@@ -88,6 +115,15 @@ class Outcome:
             usage={k: int(v) for k, v in dict(data.get("usage") or {}).items()},
             patch=str(data.get("patch", "")),
             commit=str(data.get("commit", "")),
+            attempts_detail=tuple(
+                AttemptDetail(
+                    int(d["attempt"]),
+                    bool(d["kept"]),
+                    tuple(CheckResult(**c) for c in d.get("checks", ())),
+                )
+                for d in data.get("attempts_detail", ())
+                if isinstance(d, Mapping)
+            ),
         )
 
 
@@ -155,6 +191,10 @@ class RunReport:
                 out.append(f"    committed as {o.commit[:12]}")
             elif o.outcome == "fixed" and o.reason:
                 out.append(f"    {o.reason}")  # e.g. why it was not committed
+            for detail in o.attempts_detail:
+                stop = detail.stopped_by
+                if stop is not None and not detail.kept:
+                    out.append(f"  attempt {detail.attempt} stopped by {stop.check}: {stop.reason}")
         files = sorted({f for o in self.outcomes if o.outcome == "fixed" for f in o.files_changed})
         if files:
             out.append(f"files changed: {', '.join(files)}")
@@ -315,9 +355,11 @@ def write_patch(run_dir: Path, index: int, nodeid: str, diff: str) -> Path:
 
 
 def write_transcript(
-    run_dir: Path, index: int, nodeid: str, attempt: int, data: Sequence[Any]
+    run_dir: Path, index: int, nodeid: str, attempt: int, data: Sequence[Any], kind: str = ""
 ) -> None:
-    path = run_dir / "transcripts" / f"{index:02d}-{slug(nodeid)}-attempt{attempt}.json"
+    """One conversation; `kind` "review" names an attempt's review conversation."""
+    suffix = f"-{kind}" if kind else ""
+    path = run_dir / "transcripts" / f"{index:02d}-{slug(nodeid)}-attempt{attempt}{suffix}.json"
     write_atomic(path, json.dumps(list(data), indent=1, ensure_ascii=False, default=str))
 
 

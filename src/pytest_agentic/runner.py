@@ -84,6 +84,23 @@ def session_args(args: Sequence[str], has_xdist: bool) -> tuple[str, ...]:
     return tuple(kept)
 
 
+# Python 3.10 has no -P: drop the script folder ('' for -c) and the working directory from
+# sys.path before pytest is imported, then start it as the `pytest` script would.
+_SAFE_START = (
+    "import os, sys; cwd = os.getcwd(); "
+    "sys.path[:] = [p for p in sys.path if p not in ('', '.', cwd)]; "
+    "import pytest; raise SystemExit(pytest.console_main())"
+)
+
+
+def pytest_command() -> list[str]:
+    """The interpreter and pytest, started so that no file in the project can shadow pytest
+    (a `pytest.py` at the root would otherwise be what `python -m pytest` imports)."""
+    if sys.version_info >= (3, 11):
+        return [sys.executable, "-P", "-m", "pytest"]
+    return [sys.executable, "-c", _SAFE_START]  # pragma: no cover - 3.10 only
+
+
 def run_tests(
     nodeids: Sequence[str], settings: RerunSettings, workspace: Workspace | None = None
 ) -> RunResult:
@@ -96,7 +113,7 @@ def run_tests(
     scratch = workspace.base.scratch if workspace is not None else None
     with tempfile.TemporaryDirectory(prefix="pytest-agentic-", dir=scratch) as tmp:
         out = Path(tmp) / "outcomes.json"
-        cmd = [sys.executable, "-m", "pytest", "--rootdir", str(settings.rootdir)]
+        cmd = [*pytest_command(), "--rootdir", str(settings.rootdir)]
         if settings.inifile is not None:
             cmd += ["-c", str(settings.inifile)]
         cmd += [

@@ -642,7 +642,9 @@ def prepare(
     # bubblewrap nothing else it can reach outlives the re-run; a private PYTHONPYCACHEPREFIX
     # would do as well but recompiles pytest and the standard library every time.)
     purge_caches(workspace.path)
-    for name in ("TMPDIR", "TEMP", "TMP"):
+    # PYTEST_DEBUG_TEMPROOT (set by pytester, CI setups) wins over TMPDIR for pytest's
+    # basetemp, which an xdist controller creates at once: it must be writable too.
+    for name in ("TMPDIR", "TEMP", "TMP", "PYTEST_DEBUG_TEMPROOT"):
         env[name] = str(private_tmp)
     if mode == "bwrap":
         bwrap = shutil.which("bwrap") or "bwrap"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import posixpath
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -49,6 +49,7 @@ class PathPolicy:
         tasks_dir: str = ".agentic/tasks",
         conventions: Sequence[str] = (),
         lexical: bool = False,
+        protected_paths: Collection[str] = (),
     ) -> None:
         self.root = Path(os.path.abspath(root))
         self.real_root = self.root.resolve()
@@ -68,6 +69,9 @@ class PathPolicy:
         # deadlock the commit (issue 12). Never the agent: they go into its prompt.
         self._conventions = tuple(conventions)
         self._protected: Any = compile_scope(protected, "protected") if protected else None
+        # Exact root-relative paths the session itself depends on: the files pytest collected
+        # tests from, its conftests and ini file (`python_files = check_*.py` escapes the globs).
+        self._protected_paths = frozenset(protected_paths)
         self._scope: Any = (
             compile_scope(task.scope, str(task.path or task.id)) if task is not None else None
         )
@@ -123,6 +127,12 @@ class PathPolicy:
                 rel,
                 "protected (matches the `protected` globs): the fixer changes code, not tests "
                 "or their configuration",
+            )
+        if self.for_agent and rel in self._protected_paths:
+            return Refusal(
+                rel,
+                "protected: this session collected tests or configuration from it; the fixer "
+                "changes code, not tests or their configuration",
             )
         if not self.in_scope(rel):
             assert self.task is not None

@@ -275,6 +275,16 @@ def init_main(argv: Sequence[str] | None = None) -> int:
             print(f"{'created' if change.old is None else 'updated'} {change.path}")
         if not changes:
             print("nothing to do: convention files are current")
+        # Proposed, not written: pyproject.toml is the user's, and checks gate every fix.
+        from pytest_agentic.validate import proposed_checks
+
+        proposal = proposed_checks(config.root)
+        if proposal and not config["checks"]:
+            listed = ", ".join(f'"{c}"' for c in proposal)
+            print(
+                f"suggested for [tool.pytest-agentic] (the fix loop's project checks): "
+                f"checks = [{listed}]"
+            )
         return 0
 
     return run_main(body, "pytest-agentic init")
