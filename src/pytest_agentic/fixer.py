@@ -10,18 +10,27 @@ from __future__ import annotations
 import ast
 import contextlib
 import os
-import signal
-import threading
 import time
+import traceback as tb
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pytest_agentic.agent import Conversation, Toolbox, Usage, converse
+from pytest_agentic.agent import (
+    Budget,
+    BudgetSpent,
+    Conversation,
+    FatalApiError,
+    Toolbox,
+    Usage,
+    converse,
+)
+from pytest_agentic.config import DEFAULT_UNREADABLE
+from pytest_agentic.interrupts import deferred_interrupts, interruptible
 from pytest_agentic.report import (
     Outcome,
     RunReport,
@@ -55,6 +64,10 @@ class Settings:
     task: Task | None
     api_timeout: float
     max_retries: int = 2
+    max_cost_usd: float | None = None
+    unreadable: tuple[str, ...] = DEFAULT_UNREADABLE
+    view_max_chars: int = 40_000
+    write_max_bytes: int = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -113,6 +126,12 @@ class FixSession:
         self.root = Path(config.rootpath)
         self.failures: dict[str, Failure] = {}
         self.usage = Usage()
+        self.budget = Budget(
+            self.usage,
+            max_tokens=settings.budget_tokens,
+            max_cost_usd=settings.max_cost_usd,
+            model=settings.model,
+        )
         self.report: RunReport | None = None
         self.rerun_seconds = 0.0
 
@@ -137,12 +156,20 @@ class FixSession:
             return  # interrupted, internal or usage errors, no tests: nothing to fix
         if not self.failures and self.settings.report is None:
             return
-        with warnings.catch_warnings(), _sigterm_interrupts():
+        with warnings.catch_warnings(), interruptible():
             # SDK warnings (a deprecated model name, an unclosed client) would become errors
             # in suites with `filterwarnings = error`; they are not the user's tests' business.
             warnings.simplefilter("ignore")
-            self.report = self.run(list(self.failures.values()))
-        if self.report.interrupted:
+            try:
+                self.report = self.run(list(self.failures.values()))
+            except Exception as exc:  # run() failed outside its loop (writing the report)
+                self.report = RunReport(model=self.settings.model)
+                self.report.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        if self.report.fatal:
+            session.exitstatus = pytest.ExitCode.USAGE_ERROR  # a key or URL the user must fix
+        elif self.report.error:
+            session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
+        elif self.report.interrupted:
             session.exitstatus = pytest.ExitCode.INTERRUPTED
         elif all(o.outcome == "fixed" for o in self.report.outcomes):
             session.exitstatus = pytest.ExitCode.OK
@@ -150,12 +177,25 @@ class FixSession:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if self.report is None or not (self.report.outcomes or self.report.interrupted):
+        report = self.report
+        if report is None or not (
+            report.outcomes or report.interrupted or report.fatal or report.error
+        ):
             return
         terminalreporter.write_sep("=", "pytest-agentic fix")
-        if self.report.interrupted:
+        if report.fatal:
+            terminalreporter.write_line(f"stopped: {report.fatal}", red=True, bold=True)
+        if report.error:
+            terminalreporter.write_line(
+                f"internal error: {report.error} (the open attempt was restored, verified "
+                "fixes kept"
+                + (f"; traceback in {report.run_dir / 'error.log'})" if report.run_dir else ")"),
+                red=True,
+                bold=True,
+            )
+        if report.interrupted:
             terminalreporter.write_line("interrupted: every file the fixer touched was restored")
-        for line in self.report.lines():
+        for line in report.lines():
             terminalreporter.write_line(line)
 
     # --- the loop ---------------------------------------------------------------------------
@@ -172,17 +212,26 @@ class FixSession:
                 self._confirm(progress)
                 pending = [p for p in progress.values() if p.outcome == "not_fixed"]
                 client = None
+                stopped = ""
                 try:
                     for index, item in enumerate(pending, start=1):
-                        if self._over_budget():
-                            item.outcome, item.reason = "skipped", "token budget spent"
+                        if stopped or self._over_budget():
+                            item.outcome = "skipped"
+                            item.reason = stopped or "budget spent"
                             continue
                         if kept and self._run([item.failure.nodeid]).passed([item.failure.nodeid]):
                             item.outcome, item.reason = "fixed", "fixed by an earlier fix"
                             continue
                         if client is None:
                             client = _make_client(settings)
-                        self._fix(client, index, item, report.run_dir)
+                        try:
+                            self._fix(client, index, item, report.run_dir)
+                        except BudgetSpent as exc:
+                            # _fix restored the attempt; the failures after it are skipped.
+                            stopped = item.reason = str(exc).splitlines()[0]
+                        except FatalApiError as exc:
+                            report.fatal = str(exc)
+                            stopped = item.reason = "the run stopped: " + report.fatal
                         if item.outcome == "fixed":
                             kept.append(item)
                 finally:
@@ -190,22 +239,35 @@ class FixSession:
                         client.close()
                 self._verify(progress, kept)
         except KeyboardInterrupt:
-            report.interrupted = True
-            for item in reversed(kept):
-                if item.journal is not None:
-                    item.journal.restore()
-            kept = []
+            with deferred_interrupts():  # a second Ctrl-C waits for the restore
+                report.interrupted = True
+                for item in reversed(kept):
+                    if item.journal is not None:
+                        item.journal.restore()
+                kept = []
+        except Exception as exc:
+            # Our bug or the machine's (a full disk): one line, the traceback in the run
+            # folder, the open attempt restored (below) and verified fixes kept (exit 3).
+            report.error = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+            if report.run_dir is not None:
+                with contextlib.suppress(OSError):
+                    (report.run_dir / "error.log").write_text(tb.format_exc())
         finally:
-            for item in progress.values():
-                # A journal still open here belongs to an attempt cut short: put it back.
-                if item.journal is not None and item not in kept:
-                    item.journal.restore()
+            with deferred_interrupts():
+                for item in progress.values():
+                    # A journal still open here belongs to an attempt cut short: put it back.
+                    if item.journal is not None and item not in kept:
+                        item.journal.restore()
+                        item.journal = None
         for item in kept:
             assert item.journal is not None
             if settings.dry_run:
                 item.journal.restore()  # the patches stay in the run folder
             else:
                 item.journal.keep()
+        for item in progress.values():
+            if item.outcome == "not_fixed" and not item.reason:  # never "not fixed ()"
+                item.reason = "interrupted" if report.interrupted else "stopped: " + report.error
         report.outcomes = [
             Outcome(p.failure.nodeid, p.outcome, p.attempts, tuple(p.files), p.reason)
             for p in progress.values()
@@ -233,8 +295,10 @@ class FixSession:
                 progress[nodeid].reason = "passed on re-run"
 
     def _over_budget(self) -> bool:
-        budget = self.settings.budget_tokens
-        return budget is not None and self.usage.total >= budget
+        budget = self.budget
+        return (budget.max_tokens is not None and self.usage.total >= budget.max_tokens) or (
+            budget.max_cost_usd is not None and budget.cost() >= budget.max_cost_usd
+        )
 
     def _fix(self, client: Any, index: int, item: Progress, run_dir: Path | None) -> None:
         import anthropic
@@ -242,9 +306,13 @@ class FixSession:
         settings = self.settings
         nodeid = item.failure.nodeid
         policy = PathPolicy(
-            self.root, task=settings.task, protected=settings.protected, for_agent=True
+            self.root,
+            task=settings.task,
+            protected=settings.protected,
+            for_agent=True,
+            unreadable=settings.unreadable,
         )
-        context = first_message(self.root, [item.failure], settings.task)
+        context = first_message(self.root, [item.failure], settings.task, policy)
         feedback = ""
 
         def rerun() -> str:
@@ -252,26 +320,44 @@ class FixSession:
 
         for attempt in range(1, settings.max_attempts + 1):
             if self._over_budget():
-                item.reason = item.reason or "token budget spent"
+                item.reason = item.reason or "budget spent"
                 if attempt == 1:
                     item.outcome = "skipped"
                 return
             item.attempts = attempt
             journal = Journal(self.root, f"{os.getpid()}-{index}-{attempt}")
             item.journal = journal
-            toolbox = Toolbox(self.root, policy, journal, rerun)
+            toolbox = Toolbox(
+                self.root,
+                policy,
+                journal,
+                rerun,
+                view_max_chars=settings.view_max_chars,
+                write_max_bytes=settings.write_max_bytes,
+            )
             message = list(context)
             if feedback:
                 message.append({"type": "text", "text": feedback})
-            conversation = converse(
-                client,
-                model=settings.model,
-                first_message=message,
-                toolbox=toolbox,
-                max_turns=settings.max_turns,
-                usage=self.usage,
-                api_error=anthropic.APIError,
-            )
+            try:
+                conversation = converse(
+                    client,
+                    model=settings.model,
+                    first_message=message,
+                    toolbox=toolbox,
+                    max_turns=settings.max_turns,
+                    usage=self.usage,
+                    api_error=anthropic.APIError,
+                    budget=self.budget,
+                )
+            except (BudgetSpent, FatalApiError) as exc:
+                # The run stops here: this attempt's edits go back now, before the kept
+                # fixes are verified. An attempt that never reached the model is no attempt.
+                journal.restore()
+                item.journal = None
+                if getattr(exc, "requests", 1) == 0 and attempt == 1:
+                    item.attempts = 0
+                    item.outcome = "skipped"
+                raise
             if run_dir is not None:
                 write_transcript(run_dir, index, nodeid, attempt, conversation.transcript)
             verdict, detail = self._judge(conversation, journal, nodeid)
@@ -334,23 +420,6 @@ class FixSession:
             last.files = []
 
 
-@contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM (a CI job cancelled, `timeout`) restores the tree like Ctrl-C does."""
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def describe(result: RunResult, nodeids: Sequence[str]) -> str:
     if result.passed(nodeids):
         return f"All {len(nodeids)} test(s) passed.\n" + result.output[-2000:]
@@ -366,7 +435,10 @@ def _make_client(settings: Settings) -> Any:
 # --- the first message ------------------------------------------------------------------------
 
 
-def _read(root: Path, rel: str) -> list[str] | None:
+def _read(root: Path, rel: str, policy: PathPolicy | None = None) -> list[str] | None:
+    # The agent's read policy applies to its context too: no secret reaches a prompt.
+    if policy is not None and policy.check_read(rel) is not None:
+        return None
     try:
         return (root / rel).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError):
@@ -429,7 +501,7 @@ def _imported_files(root: Path, tree: ast.Module) -> list[str]:
 
 
 def first_message(
-    root: Path, failures: Sequence[Failure], task: Task | None
+    root: Path, failures: Sequence[Failure], task: Task | None, policy: PathPolicy | None = None
 ) -> list[dict[str, Any]]:
     """The stable context of every attempt: identical bytes across attempts, so it caches."""
     from pytest_agentic.conventions import context_for
@@ -442,7 +514,7 @@ def first_message(
             f"\n## {failure.nodeid} ({'setup error' if failure.when == 'setup' else 'failure'})"
         )
         parts.append("Failure report:\n```\n" + failure.report.strip()[-6000:] + "\n```")
-        test_lines = _read(root, failure.path) if failure.path else None
+        test_lines = _read(root, failure.path, policy) if failure.path else None
         tree = _parse(test_lines) if test_lines is not None else None
         if failure.path and failure.lineno is not None and test_lines is not None:
             source = _test_source(failure.path, failure.lineno, test_lines, tree)
@@ -452,7 +524,7 @@ def first_message(
             rel = _rel_inside(root, path)
             if rel is None or (failure.path and rel == failure.path) or shown >= MAX_FRAMES:
                 continue
-            lines = _read(root, rel)
+            lines = _read(root, rel, policy)
             if lines is None:
                 continue
             frame_files.append(rel)
@@ -461,7 +533,7 @@ def first_message(
             parts.append(f"Source around {rel}:{lineno}:\n```python\n{excerpt}\n```")
         if tree is not None:
             for rel in _imported_files(root, tree)[:MAX_FRAMES]:
-                lines = _read(root, rel)
+                lines = _read(root, rel, policy)
                 if rel in frame_files or not lines:
                     continue
                 frame_files.append(rel)
