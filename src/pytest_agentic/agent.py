@@ -614,16 +614,19 @@ def _with_cache_point(message: dict[str, Any]) -> dict[str, Any]:
     return {**message, "content": content}
 
 
-def _capped(value: Any, limit: int) -> Any:
-    """`value` with every string longer than `limit` cut, saying how much was left out."""
+def _capped(value: Any, limit: int, head: bool = True) -> Any:
+    """`value` with every string longer than `limit` cut (to its first `limit` characters,
+    or with `head=False` to nothing), saying how much was left out."""
     if isinstance(value, str):
         if len(value) <= limit:
             return value
+        if not head:
+            return f"[{len(value)} characters, not kept: over the size limit]"
         return value[:limit] + f"[... {len(value) - limit} more characters not kept]"
     if isinstance(value, dict):
-        return {k: _capped(v, limit) for k, v in value.items()}
+        return {k: _capped(v, limit, head) for k, v in value.items()}
     if isinstance(value, list):
-        return [_capped(v, limit) for v in value]
+        return [_capped(v, limit, head) for v in value]
     return value
 
 
@@ -735,7 +738,7 @@ def converse(
         # A huge tool input (a 50 MB `create`) is refused by the tool; it is not resent on
         # every later turn nor saved whole in the transcript.
         assistant = _capped(
-            [block.to_dict() for block in response.content], toolbox.write_max_bytes + 1
+            [block.to_dict() for block in response.content], toolbox.write_max_bytes, head=False
         )
         messages.append({"role": "assistant", "content": assistant})
         transcript.append(

@@ -30,7 +30,7 @@ from pytest_agentic.agent import (
     converse,
 )
 from pytest_agentic.config import DEFAULT_UNREADABLE
-from pytest_agentic.interrupts import deferred_interrupts, interruptible
+from pytest_agentic.interrupts import interruptible
 from pytest_agentic.report import (
     Outcome,
     RunReport,
@@ -230,8 +230,9 @@ class FixSession:
                             # _fix restored the attempt; the failures after it are skipped.
                             stopped = item.reason = str(exc).splitlines()[0]
                         except FatalApiError as exc:
+                            # Said once, in the summary's `stopped:` line; not per failure.
                             report.fatal = str(exc)
-                            stopped = item.reason = "the run stopped: " + report.fatal
+                            stopped = item.reason = "the run stopped on an API error"
                         if item.outcome == "fixed":
                             kept.append(item)
                 finally:
@@ -239,12 +240,14 @@ class FixSession:
                         client.close()
                 self._verify(progress, kept)
         except KeyboardInterrupt:
-            with deferred_interrupts():  # a second Ctrl-C waits for the restore
-                report.interrupted = True
-                for item in reversed(kept):
-                    if item.journal is not None:
-                        item.journal.restore()
-                kept = []
+            # A second Ctrl-C is ignored from here on (interrupts.py): the restore runs out.
+            report.interrupted = True
+            for item in reversed(kept):
+                if item.journal is not None:
+                    item.journal.restore()
+                    item.journal = None
+                item.outcome, item.reason, item.files = "not_fixed", "interrupted", []
+            kept = []
         except Exception as exc:
             # Our bug or the machine's (a full disk): one line, the traceback in the run
             # folder, the open attempt restored (below) and verified fixes kept (exit 3).
@@ -253,12 +256,14 @@ class FixSession:
                 with contextlib.suppress(OSError):
                     (report.run_dir / "error.log").write_text(tb.format_exc())
         finally:
-            with deferred_interrupts():
-                for item in progress.values():
-                    # A journal still open here belongs to an attempt cut short: put it back.
-                    if item.journal is not None and item not in kept:
+            for item in progress.values():
+                # A journal still open here belongs to an attempt cut short: put it back.
+                if item.journal is not None and item not in kept:
+                    try:
                         item.journal.restore()
-                        item.journal = None
+                    except KeyboardInterrupt:
+                        pass  # held until that replay was done (interrupts.py); carry on
+                    item.journal = None
         for item in kept:
             assert item.journal is not None
             if settings.dry_run:
@@ -266,8 +271,10 @@ class FixSession:
             else:
                 item.journal.keep()
         for item in progress.values():
+            if report.interrupted and item.outcome == "fixed":  # its fix was restored
+                item.outcome, item.reason, item.files = "not_fixed", "", []
             if item.outcome == "not_fixed" and not item.reason:  # never "not fixed ()"
-                item.reason = "interrupted" if report.interrupted else "stopped: " + report.error
+                item.reason = "interrupted" if report.interrupted else "stopped by an error"
         report.outcomes = [
             Outcome(p.failure.nodeid, p.outcome, p.attempts, tuple(p.files), p.reason)
             for p in progress.values()
