@@ -102,3 +102,11 @@ def deferred_interrupts() -> Iterator[None]:
                 if not _State.interrupted and sys.exc_info()[0] is None:
                     _State.interrupted = True
                     raise KeyboardInterrupt
+
+
+def worker_thread() -> None:
+    """Call first in a worker thread: SIGINT/SIGTERM are blocked there, so the kernel hands
+    them to the main thread, whose wait on the workers they then interrupt at once. (A
+    signal the kernel gives a worker only sets CPython's flag; a main thread blocked in a
+    join or a lock would not see it until a worker finished.)"""
+    signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
