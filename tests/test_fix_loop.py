@@ -431,8 +431,15 @@ def test_budget_stops_dispatching(
         "from calc import add\n\ndef test_more():\n    assert add(1, 1) == 2\n"
     )
     fake_anthropic.reply(message(text("hmm")), done("no idea"))
+    # One worker: with more, both failures are dispatched before any token is spent.
     result = pytester.runpytest(
-        "--agent-fix", "--agent-budget-tokens", "1", "--agent-max-attempts", "3"
+        "--agent-fix",
+        "--agent-budget-tokens",
+        "1",
+        "--agent-max-attempts",
+        "3",
+        "--agent-workers",
+        "1",
     )
     assert result.ret == 1
     assert fake_anthropic.requests == []
@@ -497,33 +504,45 @@ def interrupt_mid_attempt(
     project: Path,
     fake_anthropic: FakeAnthropic,
     signals: list[tuple[float, int]],
-    first_reply: dict[str, Any] | None = None,
+    replies: tuple[Any, ...] = (),
+    requests: int = 2,
+    args: tuple[str, ...] = (),
+    check: Any = None,
     **popen: Any,
-) -> tuple[int, str]:
-    """Run `pytest --agent-fix` in a child; once its attempt has edited files and waits on
-    the second request, send `signals` ((delay before, signal) pairs); (exit status, output)."""
+) -> tuple[int, str, Path]:
+    """Run `pytest --agent-fix` in a child; once `requests` requests have come (the last one
+    held 30 s), send `signals` ((delay before, signal) pairs). (exit status, output, the
+    run's TMPDIR)."""
     import os
     import sys
     import time
 
     from fake_anthropic import Delay
 
-    fake_anthropic.reply(first_reply or message(FIX), Delay(30, done()))
+    fake_anthropic.reply(*(replies or (message(FIX), Delay(30, done()))))
+    tmp = project.parent / f"{project.name}-tmp"  # the run's scratch folder goes here
+    tmp.mkdir()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "--agent-fix", "-p", "no:cacheprovider"],
+        [sys.executable, "-m", "pytest", "--agent-fix", "-p", "no:cacheprovider", *args],
         cwd=project,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ},
+        env={**os.environ, "TMPDIR": str(tmp)},
         **popen,
     )
     try:
         start = time.monotonic()
-        while len(fake_anthropic.requests) < 2 and time.monotonic() - start < 60:
+        while len(fake_anthropic.requests) < requests and time.monotonic() - start < 60:
             time.sleep(0.05)
-        assert len(fake_anthropic.requests) == 2, "the second request never came"
-        assert (project / "calc.py").read_text() != CALC  # the edit is in place mid-attempt
+        assert len(fake_anthropic.requests) == requests, "the held request never came"
+        if requests == 2:
+            # Issue 8: the edit is in the attempt's workspace, never in the user's tree.
+            assert (project / "calc.py").read_text() == CALC
+            (edited,) = tmp.glob("pytest-agentic-run-*/ws-*/calc.py")
+            assert "a + b" in edited.read_text()
+        if check is not None:
+            check()
         for delay, signum in signals:
             time.sleep(delay)
             proc.send_signal(signum)
@@ -531,7 +550,7 @@ def interrupt_mid_attempt(
     finally:
         if proc.poll() is None:
             proc.kill()
-    return proc.returncode, out
+    return proc.returncode, out, tmp
 
 
 @pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
@@ -541,11 +560,14 @@ def test_ctrl_c_mid_attempt_restores_and_exits_2(
     import signal
 
     before = snapshot(project)
-    status, out = interrupt_mid_attempt(project, fake_anthropic, [(0, getattr(signal, signame))])
+    status, out, tmp = interrupt_mid_attempt(
+        project, fake_anthropic, [(0, getattr(signal, signame))]
+    )
     assert status == 2, out
     assert "interrupted: every file the fixer touched was restored" in out
     assert "Traceback" not in out
     assert snapshot(project) == before
+    assert list(tmp.iterdir()) == []  # every workspace removed
 
 
 def test_ctrl_c_works_in_a_run_started_in_the_background(
@@ -558,7 +580,7 @@ def test_ctrl_c_works_in_a_run_started_in_the_background(
     import signal
 
     before = snapshot(project)
-    status, out = interrupt_mid_attempt(
+    status, out, tmp = interrupt_mid_attempt(
         project,
         fake_anthropic,
         [(0, signal.SIGINT)],
@@ -567,6 +589,7 @@ def test_ctrl_c_works_in_a_run_started_in_the_background(
     assert status == 2, out
     assert "interrupted: every file the fixer touched was restored" in out
     assert snapshot(project) == before
+    assert list(tmp.iterdir()) == []
 
 
 def test_more_ctrl_c_during_the_restore_do_not_cut_it_short(
@@ -574,8 +597,18 @@ def test_more_ctrl_c_during_the_restore_do_not_cut_it_short(
 ) -> None:
     import signal
 
-    # An attempt that touched many files, so the restore takes a while; then Ctrl-C, and
-    # more Ctrl-C every few milliseconds while it restores.
+    from fake_anthropic import Delay
+
+    # test_add's fix (and 300 new files) is integrated into the tree; while test_mul's
+    # attempt waits on the API: Ctrl-C, then more Ctrl-C every few milliseconds while the
+    # integrated fix is taken out again.
+    (project / "calc.py").write_text(CALC.replace("a * b", "a * b + 1"))
+    before = snapshot(project)
+
+    def integrated() -> None:
+        assert len(list((project / "gen").iterdir())) == 300
+        assert "a + b" in (project / "calc.py").read_text()
+
     creates = [
         tool_use(
             "str_replace_based_edit_tool",
@@ -585,12 +618,14 @@ def test_more_ctrl_c_during_the_restore_do_not_cut_it_short(
         )
         for n in range(300)
     ]
-    before = snapshot(project)
-    status, out = interrupt_mid_attempt(
+    status, out, tmp = interrupt_mid_attempt(
         project,
         fake_anthropic,
         [(0, signal.SIGINT)] + [(0.003, signal.SIGINT)] * 150,
-        first_reply=message(FIX, *creates),
+        replies=(message(FIX, *creates), done(), Delay(30, done())),
+        requests=3,
+        args=("--agent-workers", "1"),
+        check=integrated,
     )
     assert status == 2, out
     assert "interrupted: every file the fixer touched was restored" in out
@@ -615,19 +650,23 @@ def test_hard_kill_then_pytest_agentic_restore(
         "str_replace_based_edit_tool", command="create", path="extra.py", file_text="y = 2\n"
     )
     fake_anthropic.reply(message(FIX, create), Delay(30, done()))
+    tmp = project.parent / f"{project.name}-tmp"
+    tmp.mkdir()
     proc = subprocess.Popen(
         [sys.executable, "-m", "pytest", "--agent-fix", "-p", "no:cacheprovider"],
         cwd=project,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env={**os.environ},
+        env={**os.environ, "TMPDIR": str(tmp)},
     )
     start = time.monotonic()
     while len(fake_anthropic.requests) < 2 and time.monotonic() - start < 60:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    assert (project / "calc.py").read_text() != CALC and (project / "extra.py").exists()
+    # Issue 8: the attempt's edits are in its workspace; the user's tree was never touched.
+    assert snapshot(project) == before
+    assert list(tmp.glob("pytest-agentic-run-*/ws-*/extra.py"))
     restore = subprocess.run(
         [sys.executable, "-m", "pytest_agentic.cli", "restore"],
         cwd=project,
@@ -635,7 +674,10 @@ def test_hard_kill_then_pytest_agentic_restore(
         text=True,
     )
     assert restore.returncode == 0, restore.stderr
-    assert sorted(restore.stdout.splitlines()) == ["restored calc.py", "restored extra.py"]
+    (removed,) = restore.stdout.splitlines()
+    assert removed.startswith("removed the workspaces of a killed run: ")  # issue 8
+    assert not Path(removed.split(": ", 1)[1]).exists()
+    assert list(tmp.iterdir()) == []
     assert snapshot(project) == before
     assert not (project / ".agentic/journal").exists()
 
@@ -668,14 +710,16 @@ def test_a_fix_that_breaks_an_earlier_fix_is_reverted(
         "def sub(a, b):\n    return a - b\n\n\nadd = sub\n\n\ndef mul(a, b):",
     )
     fake_anthropic.reply(message(FIX), done(), message(breaking), done())
-    result = pytester.runpytest("--agent-fix", "--agent-max-attempts", "1")
+    result = pytester.runpytest("--agent-fix", "--agent-max-attempts", "1", "--agent-workers", "1")
     assert result.ret == 1
     outcomes = {f["nodeid"]: f for f in load_report(project)["failures"]}
     assert outcomes["tests/test_calc.py::test_add"]["outcome"] == "fixed"
     sub = outcomes["tests/test_sub.py::test_sub"]
     assert sub["outcome"] == "not_fixed"
+    # Issue 8: each fix is re-verified on the integrated tree before it is integrated, so
+    # the breakage is caught there (not in the final verification) and never reaches the tree.
     assert sub["reason"] == (
-        "its fix broke tests/test_calc.py::test_add in the final verification; reverted"
+        "its fix broke tests/test_calc.py::test_add, fixed before it; not integrated"
     )
     assert (project / "calc.py").read_text() == CALC.replace("a - b", "a + b")
 
@@ -687,7 +731,8 @@ def test_failures_sharing_a_file_are_fixed_once(
         "from calc import add\n\ndef test_more():\n    assert add(1, 1) == 2\n"
     )
     fake_anthropic.reply(message(FIX), done())
-    result = pytester.runpytest("--agent-fix")
+    # One worker (issue 8): with more, both are dispatched before either fix exists.
+    result = pytester.runpytest("--agent-fix", "--agent-workers", "1")
     assert result.ret == 0
     outcomes = {f["nodeid"]: f for f in load_report(project)["failures"]}
     assert outcomes["tests/test_more.py::test_more"] == {
@@ -734,7 +779,7 @@ def test_report_command_summarises_the_last_run(
     )
     assert proc.returncode == 0
     assert proc.stdout.splitlines()[0] == "fixed in 1 attempt: tests/test_calc.py::test_add"
-    assert (project / ".agentic/.gitignore").read_text() == "/runs/\n/journal/\n"
+    assert (project / ".agentic/.gitignore").read_text() == "/lock\n/runs/\n/journal/\n"
 
 
 def test_the_default_model_is_not_deprecated_in_the_installed_sdk() -> None:
@@ -782,8 +827,8 @@ def test_a_refused_key_stops_the_run_after_one_request(
     assert len(cause) == 1, out
     assert cause[0].startswith("stopped: ") and cause[0].endswith(fix)
     assert f"API error {status}: invalid x-api-key ({kind})" in cause[0]
-    outcomes = [f["outcome"] for f in load_report(project)["failures"]]
-    assert outcomes == ["not_fixed", "skipped", "skipped"]
+    outcomes = sorted(f["outcome"] for f in load_report(project)["failures"])
+    assert outcomes == ["not_fixed", "skipped", "skipped"]  # the one that asked, the rest
     assert load_report(project)["stopped"] in cause[0]
     after = snapshot(project)
     assert {k: v for k, v in after.items() if k not in ("stdout", "stderr")} == before
@@ -811,7 +856,7 @@ def test_an_unreachable_api_stops_the_run_at_once(
     (line,) = [line for line in out.splitlines() if "Connection" in line]
     assert line.startswith(f"stopped: cannot reach http://127.0.0.1:{port}")
     assert line.endswith("check the network, proxy settings and ANTHROPIC_BASE_URL")
-    assert [f["outcome"] for f in load_report(project)["failures"]] == [
+    assert sorted(f["outcome"] for f in load_report(project)["failures"]) == [
         "not_fixed",
         "skipped",
         "skipped",
@@ -879,7 +924,7 @@ def test_a_nul_byte_path_is_an_error_and_the_other_fix_is_kept(
     fake_anthropic.reply(
         message(FIX), done(), message(nul_create, nul_edit, bad_type), message(fix_mul), done()
     )
-    result = pytester.runpytest("--agent-fix")
+    result = pytester.runpytest("--agent-fix", "--agent-workers", "1")  # replies in order
     assert result.ret == 0, result.stdout.str()
     errors = fake_anthropic.requests[3].tool_results()
     assert [r["is_error"] for r in errors] == [True, True, True]
@@ -908,7 +953,7 @@ def test_an_unexpected_error_restores_the_attempt_keeps_verified_fixes_and_exits
     monkeypatch.setattr(pytest_agentic.fixer, "write_transcript", write_transcript)
     fix_mul = edit("calc.py", "return a * b + 1", "return a * b")
     fake_anthropic.reply(message(FIX), done(), message(fix_mul), done())
-    result = pytester.runpytest("--agent-fix")
+    result = pytester.runpytest("--agent-fix", "--agent-workers", "1")  # replies in order
     assert result.ret == 3
     lines = [line for line in result.stdout.lines if "No space left on device" in line]
     assert len(lines) == 1

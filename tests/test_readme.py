@@ -52,6 +52,6 @@ def test_ci_runs_exactly_the_readme_commands() -> None:
 def test_every_pytest_option_is_documented() -> None:
     source = (ROOT / "src/pytest_agentic/plugin.py").read_text(encoding="utf-8")
     options = set(re.findall(r'"(--agent-[a-z-]+)"', source))
-    assert len(options) == 8
+    assert len(options) == 9
     for option in options:
         assert f"`{option}" in README, option

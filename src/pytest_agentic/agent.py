@@ -647,10 +647,13 @@ def error_line(exc: BaseException) -> str:
     return f"API error {status}: {line}" if status else f"API error: {line}"
 
 
-def _fatal(exc: BaseException, client: Any, model: str) -> FatalApiError | None:
-    """The run-stopping form of `exc`, or None when the attempt alone fails."""
+def fatal_error(exc: BaseException, client: Any, model: str) -> FatalApiError | None:
+    """The run-stopping form of `exc`, or None when the attempt alone fails (or `exc` is
+    no API error at all)."""
     import anthropic
 
+    if not isinstance(exc, anthropic.APIError):
+        return None
     line = error_line(exc)
     if isinstance(exc, (anthropic.AuthenticationError, anthropic.PermissionDeniedError)):
         return FatalApiError(f"the API refused the key ({line}): check ANTHROPIC_API_KEY")
@@ -723,7 +726,7 @@ def converse(
                 model=model, max_tokens=MAX_TOKENS, system=system, tools=TOOLS, messages=request
             )
         except anthropic.APIError as exc:
-            fatal = _fatal(exc, client, model)
+            fatal = fatal_error(exc, client, model)
             if fatal is not None:
                 raise fatal from None
             return Conversation("api_error", error_line(exc), transcript, turn + 1)

@@ -189,10 +189,16 @@ def scope_check(config: Config, args: argparse.Namespace) -> int:
 
 
 def restore(config: Config, args: argparse.Namespace) -> int:
-    restored = restore_all(config.root)
+    from pytest_agentic.sandbox import held_for_restore
+
+    # Refused while a fix run is alive: its journal and workspaces are in use, not left over.
+    with held_for_restore(config.root) as removed:
+        restored = restore_all(config.root)
     for rel in restored:
         print(f"restored {rel}")
-    if not restored:
+    for folder in removed:
+        print(f"removed the workspaces of a killed run: {folder}")
+    if not restored and not removed:
         print("nothing to restore: no fix attempt left a journal")
     return 0
 

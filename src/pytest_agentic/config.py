@@ -80,12 +80,18 @@ KEYS: dict[str, tuple[str, Any]] = {
     "unreadable": ("list[str]", list(DEFAULT_UNREADABLE)),
     "view_max_chars": ("int", 40_000),
     "write_max_bytes": ("int", 1 << 20),
+    "sandbox": ("str", "auto"),
+    "sandbox_network": ("bool", False),
+    "workers": ("int", 4),
     # convention files
     "templates_dir": ("str?", None),
     "knowledge_dir": ("str", "docs/knowledge"),
     "pointer_files": ("list[str]", ["CLAUDE.md"]),
     "agents_md_budget_tokens": ("int", 8000),
 }
+
+#: String keys whose value must be one of these.
+CHOICES: dict[str, tuple[str, ...]] = {"sandbox": ("auto", "required", "off")}
 
 _KIND_NAMES = {
     "str": "a string",
@@ -237,6 +243,11 @@ def validate(table: Any, path: Path) -> dict[str, Any]:
             raise AgenticError(
                 f"{at}: [tool.{TABLE}] {key} must be {_KIND_NAMES[kind]}, "
                 f"not {type(value).__name__} {value!r}"
+            )
+        if key in CHOICES and value not in CHOICES[key]:
+            choices = ", ".join(f'"{c}"' for c in CHOICES[key])
+            raise AgenticError(
+                f"{at}: [tool.{TABLE}] {key} must be one of {choices}, not {value!r}"
             )
         values[key] = value
     return values

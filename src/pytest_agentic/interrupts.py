@@ -104,9 +104,9 @@ def deferred_interrupts() -> Iterator[None]:
                     raise KeyboardInterrupt
 
 
-def worker_thread() -> None:
-    """Call first in a worker thread: SIGINT/SIGTERM are blocked there, so the kernel hands
-    them to the main thread, whose wait on the workers they then interrupt at once. (A
-    signal the kernel gives a worker only sets CPython's flag; a main thread blocked in a
-    join or a lock would not see it until a worker finished.)"""
-    signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+def finishing() -> None:
+    """The run is past the point of no return (restoring, keeping verified fixes, writing
+    the report): later SIGINT/SIGTERM are ignored until the process exits, so they cannot
+    leave a journal half replayed or verified fixes unkept."""
+    if _in_main_thread() and signal.getsignal(signal.SIGINT) is _handler:
+        _State.interrupted = True

@@ -26,6 +26,11 @@ HELP_MAX_COST = (
 HELP_DRY_RUN = "propose patches in .agentic/runs/ but leave the working tree as it was."
 HELP_REPORT = "also write the JSON report to PATH."
 
+#: The run lock (`sandbox.Lock`) of a fix run, taken in `resolve_settings` and released at
+#: `config` cleanup; the fixer finds the run's scratch folder on it.
+RUN_LOCK = pytest.StashKey[Any]()
+HELP_WORKERS = "failures worked on at once, each in its own workspace (default 4; 1 = serial)."
+
 # option dest -> its key in [tool.pytest-agentic]
 _SETTINGS = {
     "agent_max_attempts": "max_attempts",
@@ -35,6 +40,7 @@ _SETTINGS = {
     "agent_max_cost": "max_cost_usd",
     "agent_dry_run": "dry_run",
     "agent_report": "report",
+    "agent_workers": "workers",
 }
 
 
@@ -68,6 +74,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--agent-max-cost", type=_positive_number, metavar="USD", help=HELP_MAX_COST)
     group.addoption("--agent-dry-run", action="store_true", default=None, help=HELP_DRY_RUN)
     group.addoption("--agent-report", metavar="PATH", help=HELP_REPORT)
+    group.addoption("--agent-workers", type=_positive_int, metavar="N", help=HELP_WORKERS)
 
 
 def _wants_fix(config: pytest.Config) -> bool:
@@ -104,21 +111,52 @@ def pytest_configure(config: pytest.Config) -> None:
 def resolve_settings(config: pytest.Config) -> Any:
     """Each setting: command line, else `[tool.pytest-agentic]`, else the default.
 
-    Errors become `pytest.UsageError` (exit status 4), one line, before any test runs.
+    Errors become `pytest.UsageError` (exit status 4), one line, before any test runs. The
+    run lock comes first: a second run while one is working is told so, whatever else is
+    wrong (a journal the running one has open is not a killed run's).
+
+    The project root is the folder of the nearest pyproject.toml from the invocation folder,
+    else the git top level, as for the CLI and the hooks; pytest's rootdir may be elsewhere
+    (`--agent-report /abs/path`, with a space, is taken for a test path when pytest picks its
+    rootdir, before plugins add their options) and is used only to run tests as pytest did.
     """
+    from pytest_agentic.config import load_config
+    from pytest_agentic.errors import AgenticError
+    from pytest_agentic.sandbox import acquire_lock
+
+    try:
+        root = load_config(Path(config.invocation_params.dir)).root
+        lock = acquire_lock(root)
+    except AgenticError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    try:
+        settings = _resolve_settings(config, root)
+    except BaseException:
+        lock.release()
+        raise
+    config.stash[RUN_LOCK] = lock
+    config.add_cleanup(lock.release)
+    return settings
+
+
+def _resolve_settings(config: pytest.Config, root: Path) -> Any:
     from pytest_agentic.agent import DEFAULT_MODEL
     from pytest_agentic.config import load_config
     from pytest_agentic.errors import AgenticError
     from pytest_agentic.fixer import Settings
     from pytest_agentic.runner import RerunSettings, session_args
+    from pytest_agentic.sandbox import sandbox_mode
     from pytest_agentic.tasks import active_task
 
-    root = Path(config.rootpath)
     try:
         settings_file = load_config(root)
         task = active_task(settings_file)
     except AgenticError as exc:
         raise pytest.UsageError(str(exc)) from None
+    try:
+        sandbox = sandbox_mode(str(settings_file["sandbox"]))
+    except AgenticError as exc:  # `sandbox = "required"` where bubblewrap cannot run
+        raise pytest.UsageError(f"{settings_file.path or root}: {exc}") from None
 
     from pytest_agentic.workspace import leftover_journal
 
@@ -149,12 +187,14 @@ def resolve_settings(config: pytest.Config) -> Any:
         )
     report = value("agent_report")
     rerun = RerunSettings(
-        rootdir=root,
+        rootdir=Path(config.rootpath),
         inifile=Path(config.inipath) if config.inipath else None,
         extra_args=session_args(
             config.invocation_params.args, config.pluginmanager.hasplugin("xdist")
         ),
         timeout=float(settings_file["rerun_timeout"]),
+        sandbox=sandbox,
+        sandbox_network=bool(settings_file["sandbox_network"]),
     )
     return Settings(
         max_attempts=int(value("agent_max_attempts")),
@@ -171,4 +211,5 @@ def resolve_settings(config: pytest.Config) -> Any:
         unreadable=tuple(settings_file["unreadable"]),
         view_max_chars=int(settings_file["view_max_chars"]),
         write_max_bytes=int(settings_file["write_max_bytes"]),
+        workers=int(value("agent_workers")),
     )

@@ -23,6 +23,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pytest_agentic.sandbox import Workspace
 
 ENV_RERUN = "PYTEST_AGENTIC_RERUN"
 _PASSED_WITH_VALUE = (
@@ -46,6 +50,9 @@ class RerunSettings:
     inifile: Path | None = None
     extra_args: tuple[str, ...] = ()
     timeout: float = 300.0
+    sandbox: str = "off"
+    """How re-runs in a workspace are isolated: `sandbox.sandbox_mode` ("bwrap" or "off")."""
+    sandbox_network: bool = False
 
 
 @dataclass(frozen=True)
@@ -83,9 +90,17 @@ def session_args(args: Sequence[str], has_xdist: bool) -> tuple[str, ...]:
     return tuple(kept)
 
 
-def run_tests(nodeids: Sequence[str], settings: RerunSettings) -> RunResult:
-    """Run `nodeids` in a fresh pytest process; outcomes keyed by node id."""
-    with tempfile.TemporaryDirectory(prefix="pytest-agentic-") as tmp:
+def run_tests(
+    nodeids: Sequence[str], settings: RerunSettings, workspace: Workspace | None = None
+) -> RunResult:
+    """Run `nodeids` in a fresh pytest process; outcomes keyed by node id.
+
+    With a `workspace`, the run sees the workspace instead of the user's tree (sandboxed as
+    `settings.sandbox` says; see `sandbox.prepare`), and its private temp folder holds the
+    outcome file.
+    """
+    scratch = workspace.base.scratch if workspace is not None else None
+    with tempfile.TemporaryDirectory(prefix="pytest-agentic-", dir=scratch) as tmp:
         out = Path(tmp) / "outcomes.json"
         cmd = [sys.executable, "-m", "pytest", "--rootdir", str(settings.rootdir)]
         if settings.inifile is not None:
@@ -99,17 +114,35 @@ def run_tests(nodeids: Sequence[str], settings: RerunSettings) -> RunResult:
             "--tb=short",
             "-rfE",
             *settings.extra_args,
-            *nodeids,
         ]
         env = {**os.environ, ENV_RERUN: "1", "PYTEST_AGENTIC_RERUN_OUT": str(out)}
         env.pop("PYTEST_XDIST_WORKER", None)
+        cwd = settings.rootdir
+        keys = {n: n for n in nodeids}
+        if workspace is None:
+            cmd += nodeids
+        else:
+            from pytest_agentic.sandbox import prepare
+
+            prepared = prepare(
+                cmd,
+                nodeids,
+                env,
+                workspace=workspace,
+                rootdir=settings.rootdir,
+                inifile=settings.inifile,
+                private_tmp=Path(tmp),
+                mode=settings.sandbox,
+                network=settings.sandbox_network,
+            )
+            cmd, cwd, env, keys = prepared.cmd, prepared.cwd, prepared.env, prepared.outcome_keys
         start = time.perf_counter()
         log_path = Path(tmp) / "output.txt"
         timed_out = False
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
                 cmd,
-                cwd=settings.rootdir,
+                cwd=cwd,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -135,7 +168,8 @@ def run_tests(nodeids: Sequence[str], settings: RerunSettings) -> RunResult:
         if out.is_file():
             try:
                 outcomes = json.loads(out.read_text(encoding="utf-8"))
-            except (ValueError, UnicodeDecodeError):
+                outcomes = {keys.get(k, k): v for k, v in outcomes.items()}
+            except (ValueError, UnicodeDecodeError, AttributeError):
                 outcomes = {}  # a test wrote over it: no verdict from it
         return RunResult(outcomes=outcomes, output=text, seconds=seconds)
 
