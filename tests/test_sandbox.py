@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -190,6 +191,28 @@ def test_editor_writes_are_not_foreign_and_other_writes_are(base: Base) -> None:
         "src/calc/extra.py",
         "tests/conftest.py",
     ]
+
+
+def test_git_commands_the_tests_run_are_not_changes(base: Base, git: Callable[..., str]) -> None:
+    # setuptools-scm and friends run `git status`/`git describe --dirty` at import time; git
+    # refreshes the index then. That is not the attempt touching `.git`.
+    ws = base.workspace()
+    assert git(ws.path, "status", "--porcelain") == ""
+    git(ws.path, "describe", "--always", "--dirty")
+    index = ws.path / ".git" / "index"
+    before = index.read_bytes()
+    os.utime(ws.path / "notes.txt", ns=(0, 0))  # new stat data to record, same bytes
+    git(ws.path, "update-index", "--refresh")
+    assert index.read_bytes() != before  # git did rewrite the index...
+    assert ws.foreign_changes() == []  # ...recording the same content
+    (ws.path / "notes.txt").write_text("staged\n")
+    git(ws.path, "add", "notes.txt")
+    index_and_object = ws.foreign_changes()
+    assert index_and_object[0] == ".git/index"
+    assert index_and_object[1].startswith(".git/objects/")
+    assert index_and_object[2:] == ["notes.txt"]
+    git(ws.path, "config", "core.hooksPath", "/tmp/evil")
+    assert ws.foreign_changes() == [".git/config", *index_and_object]
 
 
 def test_a_rewrite_that_keeps_size_and_mtime_is_still_seen(base: Base) -> None:
@@ -420,6 +443,7 @@ def test_required_without_bwrap_is_an_error(
 HOLDER = """\
 import sys, time
 from pathlib import Path
+from typing import Any
 from pytest_agentic import sandbox
 lock = sandbox.acquire_lock(Path(sys.argv[1]))
 base = sandbox.snapshot_base(Path(sys.argv[1]), lock.scratch)
@@ -497,6 +521,18 @@ def test_a_forged_lock_file_cannot_point_cleanup_elsewhere(project: Path, tmp_pa
     lock_file.write_text(f'{{"pid": 999999999, "scratch": "{victim}"}}')
     assert sandbox.clean_leftovers(project) == []
     assert (victim / "keep.txt").read_text() == "precious\n"
+    lock_file.write_text(f'{{"pid": 999999999, "scratch": "{victim}"}}')
+    sandbox.acquire_lock(project).release()  # a dead pid's lock is taken over...
+    assert (victim / "keep.txt").read_text() == "precious\n"  # ...and nothing else removed
+
+
+def test_a_lock_that_cannot_be_created_is_one_line_not_a_traceback(project: Path) -> None:
+    (project / ".agentic").write_text("a file where the folder should be\n")
+    with pytest.raises(AgenticError) as info:
+        sandbox.acquire_lock(project)
+    assert (
+        str(info.value) == f"{project / sandbox.LOCK_FILE}: cannot create the run lock: File exists"
+    )
 
 
 def test_the_lock_file_names_pid_and_start_time(project: Path, lock: sandbox.Lock) -> None:
@@ -602,3 +638,65 @@ def test_a_bad_sandbox_value_names_the_file_line_and_key(project: Path) -> None:
         f'{project / "pyproject.toml"}:4: [tool.pytest-agentic] sandbox must be one of "auto", '
         '"required", "off", not \'on\''
     )
+
+
+def test_agent_report_with_a_space_does_not_move_the_project_root(
+    tmp_path: Path, git: Callable[..., str], fake_anthropic: Any
+) -> None:
+    # pytest picks its rootdir before plugins add their options, so in `--agent-report PATH`
+    # PATH counts as a test path: with a config file above it, the rootdir moves up to a
+    # folder that also holds another git repository. The fix loop still works on the project.
+    from fake_anthropic import done, edit, message, tool_use
+
+    mono = tmp_path / "mono"
+    mono.mkdir()
+    (mono / "pytest.ini").write_text("[pytest]\npythonpath = proj/src\n")
+    repos = {}
+    for name, files in {
+        "proj": {
+            "pyproject.toml": PYPROJECT,
+            "src/calc/__init__.py": CALC,
+            "tests/test_ops.py": TEST_OPS,
+        },
+        "other": {"other.py": "x = 1\n", "report.json": "{}\n"},
+    }.items():
+        repos[name] = root = mono / name
+        root.mkdir()
+        git(root, "init", "-q", "-b", "main")
+        for rel, text in files.items():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_text(text)
+        git(root, "add", "-A")
+        git(root, "commit", "-q", "-m", "initial")
+    proj, other = repos["proj"], repos["other"]
+    attacks = message(
+        edit(str(other / "other.py"), "x = 1", "x = 2"),
+        tool_use(
+            "str_replace_based_edit_tool", command="create", path="../other/evil.py", file_text="1"
+        ),
+    )
+    fake_anthropic.reply(attacks, message(edit("src/calc/__init__.py", "a - b", "a + b")), done())
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--agent-fix",
+            "-p",
+            "no:cacheprovider",
+            "--agent-report",
+            str(other / "report.json"),
+        ],
+        cwd=proj,
+        capture_output=True,
+        text=True,
+    )
+    assert "rootdir: " + str(mono) in run.stdout  # pytest's rootdir did move
+    assert run.returncode == 0, run.stdout + run.stderr
+    refusals = fake_anthropic.requests[1].tool_results()
+    assert [r["is_error"] for r in refusals] == [True, True]
+    assert all("outside the project root" in r["content"] for r in refusals), refusals
+    assert (other / "other.py").read_text() == "x = 1\n"
+    assert not (other / "evil.py").exists()
+    assert git(other, "status", "--porcelain", "--untracked-files=all") == " M report.json\n"
+    assert (proj / "src/calc/__init__.py").read_text() == CALC.replace("a - b", "a + b")

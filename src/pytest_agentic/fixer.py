@@ -64,6 +64,7 @@ from pytest_agentic.report import (
 )
 from pytest_agentic.runner import RerunSettings, RunResult, run_tests
 from pytest_agentic.sandbox import Base, Workspace, acquire_lock, fingerprint, snapshot_base
+from pytest_agentic.sandbox import describe as describe_sandbox
 from pytest_agentic.scope import PathPolicy
 from pytest_agentic.tasks import Task
 from pytest_agentic.workspace import Journal
@@ -232,7 +233,8 @@ class Run:
         self.settings = settings
         self.base = base
         self.integrated = base  # the base plus every fix integrated so far
-        self.chain: list[tuple[Job, Base]] = []  # each integrated job, the state after it
+        self.chain: list[tuple[Job, Fix]] = []  # the integrated fixes, in order
+        self.verified: tuple[Base, frozenset[str]] | None = None  # a state, the ids passing
         self.written: dict[str, str | None] = {}  # what we left in the user's files
         self.run_dir = run_dir
         self.on_event = on_event
@@ -426,10 +428,12 @@ class Verdict:
 
 @dataclass(frozen=True)
 class Fix:
-    """A kept attempt's change: the editor's files as a git patch against its workspace's base."""
+    """A kept attempt's change: the editor's files as a git patch against `base`, the state
+    its workspace was copied from."""
 
     patch: str
     files: tuple[str, ...]
+    base: Base
 
 
 def checked_rerun(run: Run, ws: Workspace, nodeids: Sequence[str]) -> RunResult:
@@ -443,17 +447,18 @@ def checked_rerun(run: Run, ws: Workspace, nodeids: Sequence[str]) -> RunResult:
 
 
 def judge(
-    run: Run, conversation: Conversation, ws: Workspace, files: Sequence[str], nodeids: list[str]
+    run: Run, conversation: Conversation, ws: Workspace, fix: Fix, nodeids: list[str]
 ) -> Verdict:
-    """The one place an attempt is judged; the validation gate (regression, tamper, diff
-    budget, project checks, reviewer) plugs in after the target tests pass."""
+    """The one place an attempt is judged: `fix` is the editor's change in `ws`. The
+    validation gate (regression, tamper, diff budget, project checks, reviewer) plugs in
+    after the target tests pass; every re-run in `ws` goes through `checked_rerun`."""
     if conversation.ended == "tainted":
         return Verdict(False, conversation.reason)
     if conversation.ended == "api_error":
         return Verdict(False, conversation.reason)
     if conversation.ended == "gave_up":
         return Verdict(False, f"the agent gave up: {conversation.reason}", final=True)
-    if not ws.diff(files).strip():
+    if not fix.patch.strip():
         return Verdict(False, "the agent changed no file")
     try:
         result = checked_rerun(run, ws, nodeids)
@@ -489,7 +494,8 @@ def attempt(run: Run, job: Job) -> tuple[Fix | None, Verdict]:
 
     settings = run.settings
     nodeids = job.nodeids
-    ws = run.workspace()
+    base = run.integrated  # read once: the main thread moves it on as fixes are integrated
+    ws = run.workspace(base)
     try:
 
         def for_the_model() -> str:
@@ -518,10 +524,9 @@ def attempt(run: Run, job: Job) -> tuple[Fix | None, Verdict]:
                 run.run_dir, job.index, nodeids[0], job.attempts, conversation.transcript
             )
         files = tools.journal.touched
-        verdict = judge(run, conversation, ws, files, nodeids)
-        if not verdict.kept:
-            return None, verdict
-        return Fix(ws.diff(files), tuple(files)), verdict
+        fix = Fix(ws.diff(files), tuple(files), base)
+        verdict = judge(run, conversation, ws, fix, nodeids)
+        return (fix if verdict.kept else None), verdict
     finally:
         run.discard(ws)
 
@@ -572,8 +577,11 @@ def integrate(run: Run, job: Job, fix: Fix, fixed_before: list[str]) -> str | No
     version won, or an earlier fix already mended it), else why it must be tried again.
 
     Re-verified first on the integrated state with the fix applied (sandboxed, together with
-    every test fixed before); only then written to the user's tree, journalled.
+    every test fixed before); only then written to the user's tree, journalled. The re-run is
+    skipped when that state is exactly the one the attempt was judged in.
     """
+    if _users_version_wins(run, job, fix):
+        return None
     try:
         candidate = run.integrated.derive(fix.patch)
     except AgenticError:
@@ -582,41 +590,78 @@ def integrate(run: Run, job: Job, fix: Fix, fixed_before: list[str]) -> str | No
             return None
         return "its fix conflicts with the fixes integrated before it; not integrated"
     nodeids = [*job.nodeids, *fixed_before]
-    ws = run.workspace(candidate)
+    if fix.base is not run.integrated or fixed_before:
+        try:
+            result = _rerun_in(run, candidate, nodeids)
+        except Tainted as exc:
+            return _tainted(exc)
+        broken = [n for n in fixed_before if n in result.failing(nodeids)]
+        if broken:
+            return f"its fix broke {', '.join(broken)}, fixed before it; not integrated"
+        if not result.passed(nodeids):
+            return "its fix no longer makes the test pass on top of the fixes integrated before it"
+    _apply(run, job, fix, candidate)
+    run.verified = (candidate, frozenset(nodeids))
+    return None
+
+
+def integrate_together(run: Run, batch: list[tuple[Job, Fix]], fixed_before: list[str]) -> bool:
+    """Kept fixes of jobs that finished together, verified with one re-run of all their tests
+    and every earlier fix's, then applied one at a time in node-id order. False (nothing
+    done) when a file is shared, the user changed one, or the lot fails: then one by one."""
+    files = [rel for _, fix in batch for rel in fix.files]
+    if len(files) != len(set(files)) or (
+        not run.settings.dry_run and any(run.user_changed(rel) for rel in files)
+    ):
+        return False
     try:
-        result = checked_rerun(run, ws, nodeids)
-    except Tainted as exc:
-        return _tainted(exc)
-    finally:
-        run.discard(ws)
-    broken = [n for n in fixed_before if n in result.failing(nodeids)]
-    if broken:
-        return f"its fix broke {', '.join(broken)}, fixed before it; not integrated"
-    if not result.passed(nodeids):
-        return "its fix no longer makes the test pass on top of the fixes integrated before it"
-    patch_path = (
-        write_patch(run.run_dir, job.index, job.nodeids[0], fix.patch)
-        if run.run_dir is not None
-        else None
+        candidate = run.integrated.derive("".join(fix.patch for _, fix in batch))
+    except AgenticError:
+        return False
+    nodeids = [n for job, _ in batch for n in job.nodeids] + fixed_before
+    try:
+        if not _rerun_in(run, candidate, nodeids).passed(nodeids):
+            return False
+    except Tainted:
+        return False
+    for job, fix in batch:
+        _apply(run, job, fix, candidate)
+    run.verified = (candidate, frozenset(nodeids))
+    return True
+
+
+def _users_version_wins(run: Run, job: Job, fix: Fix) -> bool:
+    """The user changed one of the fix's files during the run: the fix is saved, not applied."""
+    theirs = [] if run.settings.dry_run else [rel for rel in fix.files if run.user_changed(rel)]
+    if not theirs:
+        return False
+    path = _save_patch(run, job, fix)
+    job.outcome = "not_fixed"
+    job.reason = (
+        f"you changed {', '.join(theirs)} during the run: your version was kept; "
+        f"the fix is saved as {path}"
     )
+    run.on_event("user_won", job=job, files=theirs, patch=path)
+    return True
+
+
+def _apply(run: Run, job: Job, fix: Fix, state: Base) -> None:
+    """A verified fix into the user's tree (journalled; not in a dry run) and the chain."""
+    path = _save_patch(run, job, fix)
     if not run.settings.dry_run:
-        theirs = [rel for rel in fix.files if run.user_changed(rel)]
-        if theirs:
-            job.outcome = "not_fixed"
-            job.reason = (
-                f"you changed {', '.join(theirs)} during the run: your version was kept; "
-                f"the fix is saved as {patch_path}"
-            )
-            run.on_event("user_won", job=job, files=theirs, patch=patch_path)
-            return None
         job.journal = Journal(run.root, f"{os.getpid()}-{job.index}")
         for rel in fix.files:
-            _write_user_file(run, job.journal, rel, candidate.path / rel)
-    run.chain.append((job, candidate))
-    run.integrated = candidate
+            _write_user_file(run, job.journal, rel, state.path / rel)
+    run.chain.append((job, fix))
+    run.integrated = state
     job.outcome, job.reason, job.files = "fixed", "", fix.files
-    run.on_event("integrated", job=job, patch=patch_path)
-    return None
+    run.on_event("integrated", job=job, patch=path)
+
+
+def _save_patch(run: Run, job: Job, fix: Fix) -> Path | None:
+    if run.run_dir is None:
+        return None
+    return write_patch(run.run_dir, job.index, job.nodeids[0], fix.patch)
 
 
 def _write_user_file(run: Run, journal: Journal, rel: str, source: Path) -> None:
@@ -630,14 +675,20 @@ def _write_user_file(run: Run, journal: Journal, rel: str, source: Path) -> None
     run.written[rel] = fingerprint(target)
 
 
-def _passes(run: Run, base: Base, nodeids: list[str]) -> bool:
-    ws = run.workspace(base)
+def _rerun_in(run: Run, state: Base, nodeids: list[str]) -> RunResult:
+    """A checked re-run in a fresh workspace of `state` (raises `Tainted`)."""
+    ws = run.workspace(state)
     try:
-        return checked_rerun(run, ws, nodeids).passed(nodeids)
-    except Tainted:
-        return False
+        return checked_rerun(run, ws, nodeids)
     finally:
         run.discard(ws)
+
+
+def _passes(run: Run, state: Base, nodeids: list[str]) -> bool:
+    try:
+        return _rerun_in(run, state, nodeids).passed(nodeids)
+    except Tainted:
+        return False
 
 
 # --- the session ------------------------------------------------------------------------------
@@ -646,8 +697,10 @@ def _passes(run: Run, base: Base, nodeids: list[str]) -> bool:
 class FixSession:
     """The pytest hooks, and the orchestration of one fix run over the session's failures.
 
-    `on_event(kind, **fields)` hears what happens (`attempt`, `judged`, `integrated`,
-    `user_won`, `done`), from worker threads too; the default ignores it.
+    `on_event(kind, **fields)` hears what happens, from worker threads too (`attempt` and
+    `judged` come from workers): `planned` (jobs), `attempt` (job, attempt), `judged` (job,
+    attempt, verdict), `integrated` and `user_won` (job, patch), `done` (report). The default
+    ignores it.
     """
 
     def __init__(
@@ -725,6 +778,9 @@ class FixSession:
             terminalreporter.write_line("interrupted: every file the fixer touched was restored")
         for line in report.lines():
             terminalreporter.write_line(line)
+        if report.outcomes:
+            rerun = self.settings.rerun
+            terminalreporter.write_line(describe_sandbox(rerun.sandbox, rerun.sandbox_network))
 
     # --- the run ----------------------------------------------------------------------------
 
@@ -756,8 +812,9 @@ class FixSession:
                         job.context = first_message(
                             self.rootdir, job.failures, settings.task, policy
                         )
-                    self._dispatch(run, jobs)
-                    self._verify(run, jobs)
+                    self.on_event("planned", jobs=jobs)
+                    dispatch(run, jobs)
+                    verify(run, jobs)
         except KeyboardInterrupt:
             # A second Ctrl-C is ignored from here on (interrupts.py): the restore runs out.
             report.interrupted = True
@@ -775,7 +832,7 @@ class FixSession:
             except KeyboardInterrupt:
                 pass  # one already on its way when the run got here: too late to matter
             if run is not None:
-                self._stop(run, jobs, children, restore=report.interrupted)
+                stop(run, jobs, children, restore=report.interrupted)
         if run is not None and run.halt is not None:
             if isinstance(run.halt, FatalApiError):
                 report.fatal = str(run.halt)
@@ -787,20 +844,7 @@ class FixSession:
                 job.journal.keep()
             if job.outcome == "not_fixed" and not job.reason:  # never "not fixed ()"
                 job.reason = "interrupted" if report.interrupted else "stopped by an error"
-        by_id = {f.nodeid: job for job in jobs for f in job.failures}
-        report.outcomes = [
-            Outcome(f.nodeid, "flaky", 0, (), "passed on re-run")
-            if f.nodeid in flaky
-            else Outcome(
-                f.nodeid,
-                by_id[f.nodeid].outcome,
-                by_id[f.nodeid].attempts,
-                by_id[f.nodeid].files,
-                by_id[f.nodeid].reason,
-            )
-            for f in failures
-            if f.nodeid in flaky or f.nodeid in by_id
-        ]
+        report.outcomes = outcomes(failures, flaky, jobs)
         usage = run.usage if run is not None else Usage()
         report.usage = {name: getattr(usage, name) for name in vars(usage)}
         report.seconds = {
@@ -831,109 +875,140 @@ class FixSession:
             self.config.add_cleanup(lock.release)
         return lock.scratch
 
-    def _dispatch(self, run: Run, jobs: list[Job]) -> None:
-        """Up to `workers` jobs at once; their fixes integrated one at a time, in node-id
-        order, each as soon as every job before it is settled."""
-        waiting = list(jobs)
-        running: dict[Future[Fix | None], Job] = {}
-        settled: dict[int, Fix | None] = {}
-        position = 0
-        while position < len(jobs):
-            job = jobs[position]
-            if job.index in settled:
-                if self._settle(run, job, settled.pop(job.index), jobs[:position]):
-                    position += 1
-                else:
-                    waiting.insert(0, job)  # again, against the integrated state
+
+# --- orchestration ----------------------------------------------------------------------------
+
+
+def dispatch(run: Run, jobs: list[Job]) -> None:
+    """Up to `workers` jobs at once; their fixes integrated one at a time, in node-id
+    order, each as soon as every job before it is settled."""
+    waiting = list(jobs)
+    running: dict[Future[Fix | None], Job] = {}
+    settled: dict[int, Fix | None] = {}
+    position = 0
+    while position < len(jobs):
+        job = jobs[position]
+        if job.index in settled:
+            batch: list[tuple[Job, Fix]] = []
+            for later in jobs[position:]:
+                fix = settled.get(later.index)
+                if fix is None:
+                    break
+                batch.append((later, fix))
+            before = _fixed(jobs[:position])
+            if len(batch) > 1 and integrate_together(run, batch, before):
+                for done_job, _ in batch:
+                    del settled[done_job.index]
+                position += len(batch)
+            elif settle(run, job, settled.pop(job.index), before):
+                position += 1
+            else:
+                waiting.insert(0, job)  # again, against the integrated state
+            continue
+        while waiting and len(running) < run.settings.workers:
+            ready = waiting.pop(0)
+            if run.halt is not None:  # the run stopped: nothing more is dispatched
+                _stopped(run, ready, run.halt)
+                settled[ready.index] = None
                 continue
-            while waiting and len(running) < self.settings.workers:
-                ready = waiting.pop(0)
-                if run.halt is not None:  # the run stopped: nothing more is dispatched
-                    _stopped(run, ready, run.halt)
-                    settled[ready.index] = None
-                    continue
-                if (
-                    run.chain
-                    and ready.attempts == 0
-                    and _passes(run, run.integrated, ready.nodeids)
-                ):
-                    ready.outcome, ready.reason = "fixed", "fixed by an earlier fix"
-                    settled[ready.index] = None
-                    continue
-                future = _spawn(work, run, ready)
-                run.futures.append(future)
-                running[future] = ready
-            # A timeout, so Ctrl-C and SIGTERM reach the main thread while workers run.
-            finished, _ = wait(list(running), timeout=0.2, return_when=FIRST_COMPLETED)
-            for future in finished:
-                ready = running.pop(future)
-                try:
-                    settled[ready.index] = future.result()
-                except Exception as exc:
-                    # Budget spent, a refused key, an unreachable API, or our bug in a
-                    # worker: the whole run stops (its workspace is already discarded).
-                    if not isinstance(exc, Halted):
-                        run.stop(exc)
-                    _stopped(run, ready, exc)
-                    settled[ready.index] = None
-
-    def _settle(self, run: Run, job: Job, fix: Fix | None, before: list[Job]) -> bool:
-        """Integrate a finished job's fix; False when it goes back for another attempt."""
-        if fix is None:
-            return True
-        fixed_before = [
-            n for earlier in before if earlier.outcome == "fixed" for n in earlier.nodeids
-        ]
-        why = integrate(run, job, fix, fixed_before)
-        if why is None:
-            return True
-        job.reason = why
-        if job.attempts >= self.settings.max_attempts or run.over_budget() or run.halt is not None:
-            return True
-        job.feedback = feedback(job.attempts, why)
-        return False
-
-    def _verify(self, run: Run, jobs: list[Job]) -> None:
-        """All fixed tests together on the integrated state (sandboxed); undo the newest
-        integrated fix while any fails (a later fix broke an earlier one)."""
-        while run.chain:
-            fixed = [n for job in jobs if job.outcome == "fixed" for n in job.nodeids]
-            ws = run.workspace()
+            if run.chain and ready.attempts == 0 and _passes(run, run.integrated, ready.nodeids):
+                ready.outcome, ready.reason = "fixed", "fixed by an earlier fix"
+                settled[ready.index] = None
+                continue
+            future = _spawn(work, run, ready)
+            run.futures.append(future)
+            running[future] = ready
+        # A timeout, so Ctrl-C and SIGTERM reach the main thread while workers run.
+        finished, _ = wait(list(running), timeout=0.2, return_when=FIRST_COMPLETED)
+        for future in finished:
+            ready = running.pop(future)
             try:
-                result = checked_rerun(run, ws, fixed)
-                broken = result.failing(fixed)
-            except Tainted as exc:
-                broken = exc.files
-            finally:
-                run.discard(ws)
-            if not broken:
+                settled[ready.index] = future.result()
+            except Exception as exc:
+                # Budget spent, a refused key, an unreachable API, or our bug in a worker:
+                # the whole run stops (the attempt's workspace is already discarded).
+                if not isinstance(exc, Halted):
+                    run.stop(exc)
+                _stopped(run, ready, exc)
+                settled[ready.index] = None
+
+
+def _fixed(jobs: list[Job]) -> list[str]:
+    return [n for job in jobs if job.outcome == "fixed" for n in job.nodeids]
+
+
+def settle(run: Run, job: Job, fix: Fix | None, fixed_before: list[str]) -> bool:
+    """Integrate a finished job's fix; False when it goes back for another attempt."""
+    if fix is None:
+        return True
+    why = integrate(run, job, fix, fixed_before)
+    if why is None:
+        return True
+    job.reason = why
+    if job.attempts >= run.settings.max_attempts or run.over_budget() or run.halt is not None:
+        return True
+    job.feedback = feedback(job.attempts, why)
+    return False
+
+
+def verify(run: Run, jobs: list[Job]) -> None:
+    """All fixed tests together on the integrated state (sandboxed); undo the newest
+    integrated fix while any fails (a later fix broke an earlier one). Skipped when the last
+    integration already ran every fixed test on this very state."""
+    while run.chain:
+        fixed = _fixed(jobs)
+        if run.verified is not None and run.verified[0] is run.integrated:
+            if set(fixed) <= run.verified[1]:
                 return
-            last, _ = run.chain.pop()
-            run.integrated = run.chain[-1][1] if run.chain else run.base
-            _undo(run, last)
-            last.outcome = "not_fixed"
-            last.reason = f"its fix broke {', '.join(broken)} in the final verification; reverted"
-            last.files = ()
+        try:
+            broken = _rerun_in(run, run.integrated, fixed).failing(fixed)
+        except Tainted as exc:
+            broken = exc.files
+        if not broken:
+            return
+        last, _ = run.chain.pop()
+        state = run.base
+        for _, fix in run.chain:  # rebuilt: fixes integrated together share one state
+            state = state.derive(fix.patch)
+        run.integrated = state
+        _undo(run, last)
+        last.outcome = "not_fixed"
+        last.reason = f"its fix broke {', '.join(broken)} in the final verification; reverted"
+        last.files = ()
 
-    def _stop(self, run: Run, jobs: list[Job], children: set[int], restore: bool) -> None:
-        """Stop the workers, then (interrupted) put every integrated file back; remove every
-        workspace."""
-        run.cancel.set()
-        if any(not f.done() for f in run.futures):
-            _kill_new_children(children)  # re-runs in flight end now, not at their timeout
-            wait(run.futures, timeout=STOP_GRACE_SECONDS)
-        integrated = [job for job, _ in reversed(run.chain)]
-        # A job cut short while being written to the user's tree is the newest of all; it
-        # goes back whatever stopped the run (an error too), the integrated ones only on ^C.
-        cut = [j for j in jobs if j.journal is not None and j not in integrated]
-        for job in cut + (integrated if restore else []):
-            try:
-                _undo(run, job)
-            except KeyboardInterrupt:
-                pass  # held until that replay was done (interrupts.py); carry on restoring
-            job.outcome, job.files = "not_fixed", ()
-            job.reason = "interrupted" if restore else "stopped while its fix was written"
-        run.close()
+
+def stop(run: Run, jobs: list[Job], children: set[int], restore: bool) -> None:
+    """Stop the workers, put back an integration cut short and (interrupted) every
+    integrated fix; remove every workspace."""
+    run.cancel.set()
+    if any(not f.done() for f in run.futures):
+        _kill_new_children(children)  # re-runs in flight end now, not at their timeout
+        wait(run.futures, timeout=STOP_GRACE_SECONDS)
+    integrated = [job for job, _ in reversed(run.chain)]
+    # A job cut short while being written to the user's tree is the newest of all; it goes
+    # back whatever stopped the run (an error too), the integrated ones only on Ctrl-C.
+    cut = [j for j in jobs if j.journal is not None and j not in integrated]
+    for job in cut + (integrated if restore else []):
+        try:
+            _undo(run, job)
+        except KeyboardInterrupt:
+            pass  # held until that replay was done (interrupts.py); carry on restoring
+        job.outcome, job.files = "not_fixed", ()
+        job.reason = "interrupted" if restore else "stopped while its fix was written"
+    run.close()
+
+
+def outcomes(failures: list[Failure], flaky: list[str], jobs: list[Job]) -> list[Outcome]:
+    """One entry per original failure, in the session's order, whatever job it was in."""
+    by_id = {f.nodeid: job for job in jobs for f in job.failures}
+    found = []
+    for f in failures:
+        if f.nodeid in flaky:
+            found.append(Outcome(f.nodeid, "flaky", 0, (), "passed on re-run"))
+        elif f.nodeid in by_id:
+            job = by_id[f.nodeid]
+            found.append(Outcome(f.nodeid, job.outcome, job.attempts, job.files, job.reason))
+    return found
 
 
 def _undo(run: Run, job: Job) -> None:

@@ -47,6 +47,7 @@ import itertools
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -54,7 +55,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 
 from pytest_agentic.errors import AgenticError
@@ -62,8 +63,8 @@ from pytest_agentic.errors import AgenticError
 LOCK_FILE = ".agentic/lock"
 SCRATCH_PREFIX = "pytest-agentic-run-"
 _SCRATCH_MARK = ".pytest-agentic-scratch"
-#: Folders whose contents are never a change: bytecode and pytest/hypothesis caches. Re-runs
-#: read bytecode from a private PYTHONPYCACHEPREFIX, so a forged `.pyc` here is never loaded.
+#: Folders whose contents are never a change: bytecode and pytest/hypothesis caches.
+#: `prepare` removes `__pycache__` before each re-run, so a forged `.pyc` is never loaded.
 CACHE_DIRS = frozenset({"__pycache__", ".pytest_cache", ".hypothesis"})
 #: Ignored files that are copied all the same: generated modules (`_version.py` from
 #: setuptools-scm) and extensions built in place; without them the copy would not import.
@@ -80,19 +81,26 @@ _GIT_ENV_DROP = ("GIT_DIR", "GIT_INDEX_FILE", "GIT_WORK_TREE", "GIT_OBJECT_DIREC
 # --- fingerprints ---------------------------------------------------------------------------
 
 
-def fingerprint_bytes(data: bytes) -> str:
-    return "f:" + hashlib.sha256(data).hexdigest()
+def _blob_id(data: bytes) -> str:
+    # git's own object id of these bytes, so the base's manifest comes from `git ls-files -s`
+    # without reading 5,000 files again in Python.
+    return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
+
+
+def fingerprint_bytes(data: bytes, executable: bool = False) -> str:
+    return ("x:" if executable else "f:") + _blob_id(data)
 
 
 def fingerprint(path: Path) -> str | None:
-    """What a path holds: `f:<sha256>` for a file, `l:<target>` for a symlink, None if absent
-    (a folder counts as absent: only files are compared)."""
+    """What a path holds: `f:<blob id>` for a file (`x:` when executable), `l:<blob id of the
+    target>` for a symlink, None if absent (a folder counts as absent: only files compare)."""
     try:
-        if path.is_symlink():
-            return "l:" + os.readlink(path)
-        if not path.is_file():
+        st = path.lstat()
+        if stat.S_ISLNK(st.st_mode):
+            return "l:" + _blob_id(os.fsencode(os.readlink(path)))
+        if not stat.S_ISREG(st.st_mode):
             return None
-        return fingerprint_bytes(path.read_bytes())
+        return fingerprint_bytes(path.read_bytes(), bool(st.st_mode & stat.S_IXUSR))
     except OSError:
         return None
 
@@ -204,14 +212,6 @@ def _walk_files(top: Path) -> list[str]:
     return found
 
 
-def _copy_file(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if src.is_symlink():
-        os.symlink(os.readlink(src), dst)
-    else:
-        shutil.copy2(src, dst)
-
-
 # --- stat snapshots, for the integrity check -------------------------------------------------
 
 Stat = tuple[int, int, int, int, int]  # ino, size, mtime_ns, ctime_ns, mode
@@ -263,6 +263,17 @@ class Base:
     scratch: Path
     manifest: Mapping[str, str]
     fingerprints: Mapping[str, str]
+    staged: bytes = b""
+    """`git ls-files -s -z` of the base: what its index records, stat data aside."""
+
+    @cached_property
+    def folders(self) -> frozenset[str]:
+        """Every folder that holds a file of the base (`a`, `a/b` for `a/b/c.py`)."""
+        out: set[str] = set()
+        for rel in self.manifest:
+            parts = rel.split("/")[:-1]
+            out.update("/".join(parts[: i + 1]) for i in range(len(parts)))
+        return frozenset(out)
 
     def user_changed(self, rel: str) -> bool:
         """Whether the user's `rel` differs from what it was when the run began."""
@@ -271,14 +282,18 @@ class Base:
     def workspace(self) -> Workspace:
         """A fresh copy of this base for one attempt."""
         dest = self.scratch / f"ws-{next(_counter)}"
-        _copy_tree(self.path, dest)
-        ws = Workspace(base=self, path=dest, stats=_stat_tree(dest, skip_git=False))
-        return ws
+        _check_out(self.path, dest)
+        git_files = {
+            f".git/{rel}": fp
+            for rel in _stat_tree(dest / ".git", skip_git=False)
+            if (fp := fingerprint(dest / ".git" / rel)) is not None
+        }
+        return Workspace(self, dest, _stat_tree(dest, skip_git=False), git_files)
 
     def derive(self, patch: str) -> Base:
         """A new base: this one with `patch` applied (retries against the integrated state)."""
         dest = self.scratch / f"base-{next(_counter)}"
-        _copy_tree(self.path, dest)
+        _check_out(self.path, dest)
         if patch.strip():
             proc = _git(dest, "apply", "--binary", "-", stdin=patch.encode("utf-8"), check=False)
             if proc.returncode != 0:
@@ -286,33 +301,37 @@ class Base:
                 err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
                 raise AgenticError(f"patch does not apply to the base: {err[-1] if err else ''}")
         _commit_base(dest)
-        return Base(self.root, dest, self.scratch, _manifest(dest), self.fingerprints)
+        manifest, staged = _manifest(dest)
+        return Base(self.root, dest, self.scratch, manifest, self.fingerprints, staged)
 
 
-def _copy_tree(src: Path, dest: Path) -> None:
-    # `cp -a --reflink=auto`: copy-on-write clones where the file system has them (btrfs, XFS,
-    # APFS via cp -c is not GNU cp, hence the fallback), a plain fast copy elsewhere.
-    try:
-        proc = subprocess.run(
-            ["cp", "-a", "--reflink=auto", str(src), str(dest)],
-            capture_output=True,
-            check=False,
-        )
-        if proc.returncode == 0:
-            return
-    except FileNotFoundError:
-        pass
-    shutil.rmtree(dest, ignore_errors=True)
-    shutil.copytree(src, dest, symlinks=True)
+def _check_out(base: Path, dest: Path) -> None:
+    """A copy of a committed base: its small `.git` (one pack) copied, the files written by
+    `git checkout-index` from it, in one process (a `git worktree add` would leave a `.git`
+    file naming the base, and `cp -a` copies file by file; see benchmarks/bench_workspace.py).
+    The copied index gets the new files' stat data (`-u`)."""
+    dest.mkdir()
+    shutil.copytree(base / ".git", dest / ".git", symlinks=True)
+    _git(dest, "checkout-index", "-a", "-f", "-u")
 
 
-def _manifest(top: Path) -> dict[str, str]:
+def _manifest(top: Path) -> tuple[dict[str, str], bytes]:
+    """Every file of a committed base with its fingerprint: the work tree from git's index
+    (object ids git computed when committing), the few files of `.git` hashed here."""
     out: dict[str, str] = {}
-    for rel in _stat_tree(top, skip_git=False):
-        fp = fingerprint(top / rel)
+    staged = _git(top, "ls-files", "-s", "-z").stdout
+    for entry in staged.decode("utf-8", "surrogateescape").split("\0"):
+        if not entry:
+            continue
+        meta, rel = entry.split("\t", 1)
+        mode, blob = meta.split()[:2]
+        kind = {"120000": "l:", "100755": "x:"}.get(mode, "f:")
+        out[rel] = kind + blob
+    for rel in _stat_tree(top / ".git", skip_git=False):
+        fp = fingerprint(top / ".git" / rel)
         if fp is not None:
-            out[rel] = fp
-    return out
+            out[".git/" + rel] = fp
+    return out, staged
 
 
 def _commit_base(top: Path) -> None:
@@ -326,29 +345,44 @@ def _commit_base(top: Path) -> None:
 
 
 def snapshot_base(root: Path, scratch: Path) -> Base:
-    """Copy the project at `root` as it is now into `scratch`, with a throwaway `.git`."""
+    """Record the project at `root` as it is now in a throwaway repository in `scratch`.
+
+    The files are never copied one by one: `git update-index` reads them from the user's
+    tree straight into the throwaway repository's objects (with raw bytes: no eol conversion,
+    no filters), one commit, one pack. Workspaces are checked out of it. The base folder
+    itself holds that `.git` and the `.gitignore` files (the ignore rules as the run began).
+    """
     root = Path(os.path.abspath(root))
     dest = scratch / "base"
     dest.mkdir(parents=True)
-    fingerprints: dict[str, str] = {}
-    for rel in _user_files(root):
-        src = root / rel
-        try:
-            _copy_file(src, dest / rel)
-        except OSError:
-            continue  # vanished or unreadable while copying: not part of the base
-        fp = fingerprint(src)
-        if fp is not None:
-            fingerprints[rel] = fp
     _git(dest, "init", "-q", "-b", "base")
     info = dest / ".git" / "info"
     info.mkdir(exist_ok=True)
     (info / "attributes").write_text(_ATTRIBUTES, encoding="utf-8")
     (info / "exclude").write_text(_user_excludes(root), encoding="utf-8")
-    hooks = dest / ".git" / "hooks"
-    shutil.rmtree(hooks, ignore_errors=True)  # git's samples: nothing runs, nothing to compare
-    _commit_base(dest)
-    return Base(root, dest, scratch, _manifest(dest), fingerprints)
+    shutil.rmtree(dest / ".git" / "hooks", ignore_errors=True)  # nothing runs, nothing to compare
+    files = _user_files(root)
+    listing = _nul(files)
+    # --remove: a file that vanished since it was listed is simply not part of the base.
+    env = {"GIT_WORK_TREE": str(root), "GIT_DIR": str(dest / ".git")}
+    _git(dest, "update-index", "--add", "--remove", "-z", "--stdin", env=env, stdin=listing)
+    tree = _git(dest, "write-tree").stdout.decode().strip()
+    commit = _git(dest, "commit-tree", tree, "-m", "pytest-agentic base").stdout.decode().strip()
+    _git(dest, "update-ref", "HEAD", commit)
+    # One pack instead of thousands of loose objects: every workspace copies this `.git`.
+    _git(dest, "repack", "-a", "-d", "-q")
+    _git(dest, "prune-packed", "-q")
+    ignores = [rel for rel in files if rel == ".gitignore" or rel.endswith("/.gitignore")]
+    if ignores:
+        _git(dest, "checkout-index", "-f", "-z", "--stdin", stdin=_nul(ignores))
+    manifest, staged = _manifest(dest)
+    # The base's bytes are the user's as the run began.
+    fingerprints = {rel: fp for rel, fp in manifest.items() if not _in_git_dir(rel)}
+    return Base(root, dest, scratch, manifest, fingerprints, staged)
+
+
+def _nul(rels: Iterable[str]) -> bytes:
+    return b"".join(os.fsencode(rel) + b"\0" for rel in rels)
 
 
 def _user_excludes(root: Path) -> str:
@@ -386,6 +420,8 @@ class Workspace:
     base: Base
     path: Path
     stats: dict[str, Stat]
+    git_files: dict[str, str]
+    """The workspace's own `.git` as created (the base's, index refreshed)."""
     edits: dict[str, str | None] = field(default_factory=dict)
 
     def note_edit(self, rel: str) -> None:
@@ -403,19 +439,35 @@ class Workspace:
             if old is not None and old == st:
                 continue
             fp = fingerprint(self.path / rel)
-            if fp != self.base.manifest.get(rel):
-                if rel in self.base.manifest or rel.startswith(".git/") or rel == ".git":
+            if _in_git_dir(rel):
+                if fp != self.git_files.get(rel):
                     changed[rel] = fp
-                else:
-                    new.append(rel)
-        for rel in self.base.manifest:
+            elif rel in self.base.manifest:
+                if fp != self.base.manifest[rel]:
+                    changed[rel] = fp
+            else:
+                new.append(rel)
+        for rel in itertools.chain(self.base.fingerprints, self.git_files):
             if rel not in now:
                 changed[rel] = None
+        if ".git/index" in changed and self._index_only_restatted(changed):
+            del changed[".git/index"]
         ignored = set(_ignored(self.base.path, new))
         for rel in new:
             if rel not in ignored:
                 changed[rel] = fingerprint(self.path / rel)
         return changed, sorted(ignored)
+
+    def _index_only_restatted(self, changed: Mapping[str, str | None]) -> bool:
+        """Whether `.git/index`, the only change under `.git`, still records the base's
+        content: a `git status` by the tests refreshes stat data (git smudges racily clean
+        entries, so a later status rewrites the index). Asked only when nothing else in
+        `.git` changed, so the git run here reads the workspace's config as we wrote it."""
+        if any(_in_git_dir(rel) for rel in changed if rel != ".git/index"):
+            return False
+        env = {"GIT_DIR": str(self.path / ".git"), "GIT_INDEX_FILE": str(self.path / ".git/index")}
+        proc = _git(self.base.path, "ls-files", "-s", "-z", env=env, check=False)
+        return proc.returncode == 0 and proc.stdout == self.base.staged
 
     def changed_files(self) -> set[str]:
         """Files (outside `.git`) that differ from the base, by whatever means; ignored new
@@ -585,11 +637,11 @@ def prepare(
     """Wrap a pytest command line (`cmd` ends before the node ids) to run in `workspace`."""
     user_root = workspace.base.root
     env = dict(env)
-    # Bytecode only from a private folder: a forged `__pycache__/*.pyc` left by an earlier
-    # re-run of the attempt is never loaded (pytest's assertion rewriter honours it too).
-    pycache = private_tmp / "pycache"
-    pycache.mkdir(exist_ok=True)
-    env["PYTHONPYCACHEPREFIX"] = str(pycache)
+    # Caches are not changes, so an earlier re-run of the attempt may have left a `.pyc` whose
+    # header matches the real source but whose code is a weakened test: remove them all. (With
+    # bubblewrap nothing else it can reach outlives the re-run; a private PYTHONPYCACHEPREFIX
+    # would do as well but recompiles pytest and the standard library every time.)
+    purge_caches(workspace.path)
     for name in ("TMPDIR", "TEMP", "TMP"):
         env[name] = str(private_tmp)
     if mode == "bwrap":
@@ -600,7 +652,7 @@ def prepare(
             args += ["--ro-bind", str(workspace.path / ".git"), str(user_root / ".git")]
         # The interpreter and its site-packages may live in an ignored folder of the project
         # (`.venv`): the copy does not have it, so show the user's, read-only.
-        for folder in _needed_from_user_tree(user_root, workspace.base.path):
+        for folder in _needed_from_user_tree(user_root, workspace.base):
             args += ["--ro-bind", str(user_root / folder), str(user_root / folder)]
         args += ["--bind", str(private_tmp), str(private_tmp)]
         args += ["--chdir", str(rootdir)]
@@ -630,6 +682,23 @@ def prepare(
     return Prepared([*full, *ids], mapped_root, env, ids, keys)
 
 
+def purge_caches(top: Path) -> None:
+    """Remove bytecode caches (`__pycache__`) below `top`, its `.git` left alone."""
+    stack = [top]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False) and entry.name != ".git":
+                if entry.name == "__pycache__":
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    stack.append(Path(entry.path))
+
+
 def _map(path: Path, user_root: Path, ws: Path) -> Path | None:
     try:
         return ws / Path(os.path.abspath(path)).relative_to(user_root)
@@ -642,9 +711,10 @@ def _replace_after(cmd: list[str], flag: str, value: str) -> None:
         cmd[cmd.index(flag) + 1] = value
 
 
-def _needed_from_user_tree(user_root: Path, base: Path) -> list[str]:
-    # Compared with the base, not the workspace: bwrap leaves an empty mount point behind.
+def _needed_from_user_tree(user_root: Path, base: Base) -> list[str]:
+    # Judged by the base's files, not the workspace's: bwrap leaves an empty mount point.
     folders: list[str] = []
+    have = base.folders
     for entry in [sys.prefix, sys.exec_prefix, sys.executable, *sys.path]:
         if not entry:
             continue
@@ -654,10 +724,10 @@ def _needed_from_user_tree(user_root: Path, base: Path) -> list[str]:
             continue
         parts = rel.parts
         for i in range(1, len(parts) + 1):
-            sub = Path(*parts[:i])
-            if not (base / sub).exists():
-                if (user_root / sub).exists() and sub.as_posix() not in folders:
-                    folders.append(sub.as_posix())
+            sub = "/".join(parts[:i])
+            if sub not in have and sub not in base.manifest:
+                if (user_root / sub).exists() and sub not in folders:
+                    folders.append(sub)
                 break
     return folders
 
@@ -764,20 +834,28 @@ def acquire_lock(root: Path) -> Lock:
     """
     root = Path(os.path.abspath(root))
     path = root / LOCK_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    from pytest_agentic.workspace import ignore_bookkeeping
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        from pytest_agentic.workspace import ignore_bookkeeping
 
-    ignore_bookkeeping(root, LOCK_FILE)
-    fd = _try_flock(path)
+        ignore_bookkeeping(root, LOCK_FILE)
+        fd = _try_flock(path)
+    except OSError as exc:
+        raise AgenticError(f"{path}: cannot create the run lock: {exc.strerror}") from None
     if fd is None:
         raise AgenticError(_busy_message(root, path))
-    _cleanup_recorded(path)
-    scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX))
-    (scratch / _SCRATCH_MARK).write_text(str(root), encoding="utf-8")
-    record = {"pid": os.getpid(), "started": time.time(), "scratch": str(scratch)}
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps(record).encode("utf-8"), 0)
-    os.fsync(fd)
+    try:
+        _cleanup_recorded(path)
+        scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX))
+        (scratch / _SCRATCH_MARK).write_text(str(root), encoding="utf-8")
+        record = {"pid": os.getpid(), "started": time.time(), "scratch": str(scratch)}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(record).encode("utf-8"), 0)
+        os.fsync(fd)
+    except OSError as exc:
+        os.close(fd)
+        where = exc.filename or tempfile.gettempdir()
+        raise AgenticError(f"{where}: cannot set up the fix run: {exc.strerror}") from None
     lock = Lock(root, fd, scratch)
     atexit.register(lock.release)
     return lock
