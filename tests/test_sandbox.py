@@ -473,6 +473,7 @@ def holder(project: Path) -> Iterator[Callable[[], tuple[subprocess.Popen[str], 
         proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+    sandbox.clean_leftovers(project)  # what `pytest-agentic restore` does after a kill -9
 
 
 def test_a_second_run_is_refused_naming_the_running_pid(project: Path, holder: Callable) -> None:

@@ -840,8 +840,6 @@ class FixSession:
                 report.error = _one_line(run.halt)
                 _error_log(report.run_dir, run.halt)
         for job in jobs:
-            if job.journal is not None:
-                job.journal.keep()
             if job.outcome == "not_fixed" and not job.reason:  # never "not fixed ()"
                 job.reason = "interrupted" if report.interrupted else "stopped by an error"
         report.outcomes = outcomes(failures, flaky, jobs)
@@ -978,8 +976,9 @@ def verify(run: Run, jobs: list[Job]) -> None:
 
 
 def stop(run: Run, jobs: list[Job], children: set[int], restore: bool) -> None:
-    """Stop the workers, put back an integration cut short and (interrupted) every
-    integrated fix; remove every workspace."""
+    """Stop the workers; put back a fix cut short while being written to the user's tree
+    (after an interrupt or a bug) and, interrupted, every integrated fix; remove every
+    workspace. The integrated fixes that stay have their journals kept."""
     run.cancel.set()
     if any(not f.done() for f in run.futures):
         _kill_new_children(children)  # re-runs in flight end now, not at their timeout
@@ -995,6 +994,9 @@ def stop(run: Run, jobs: list[Job], children: set[int], restore: bool) -> None:
             pass  # held until that replay was done (interrupts.py); carry on restoring
         job.outcome, job.files = "not_fixed", ()
         job.reason = "interrupted" if restore else "stopped while its fix was written"
+    for job in integrated:
+        if job.journal is not None:
+            job.journal.keep()
     run.close()
 
 
