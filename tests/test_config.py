@@ -67,6 +67,9 @@ def test_bad_toml_names_file_line_and_column(tmp_path: Path) -> None:
         ("max_attempts = 0", "max_attempts must be a positive integer, not int 0"),
         ("max_attempts = true", "max_attempts must be a positive integer, not bool True"),
         ("tasks_dir = 3", "tasks_dir must be a string, not int 3"),
+        ("max_cost_usd = 0", "max_cost_usd must be a positive number, not int 0"),
+        ('max_cost_usd = "5"', "max_cost_usd must be a positive number, not str '5'"),
+        ("unreadable = '.env'", "unreadable must be a list of strings, not str '.env'"),
     ],
 )
 def test_wrong_type_names_key_and_expected_type(tmp_path: Path, line: str, message: str) -> None:

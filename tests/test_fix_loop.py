@@ -482,10 +482,11 @@ def test_dry_run_proposes_a_patch_and_leaves_the_tree(
 def test_budget_stops_dispatching(
     pytester: pytest.Pytester, project: Path, fake_anthropic: FakeAnthropic
 ) -> None:
+    # Issue #10 changed this: the budget is checked before every request, so a budget
+    # smaller than the first request (about 2,000 tokens here) sends nothing at all.
     (project / "tests/test_more.py").write_text(
         "from calc import add\n\ndef test_more():\n    assert add(1, 1) == 2\n"
     )
-    (project / "calc.py").write_text(CALC)
     fake_anthropic.reply(message(text("hmm")), done("no idea"))
     # One worker: with more, both failures are dispatched before any token is spent.
     result = pytester.runpytest(
@@ -498,10 +499,39 @@ def test_budget_stops_dispatching(
         "1",
     )
     assert result.ret == 1
+    assert fake_anthropic.requests == []
     outcomes = {f["nodeid"]: f for f in load_report(project)["failures"]}
-    assert outcomes["tests/test_more.py::test_more"]["outcome"] == "skipped"
-    assert outcomes["tests/test_calc.py::test_add"]["attempts"] == 1
-    result.stdout.fnmatch_lines(["skipped (token budget spent): tests/test_more.py::test_more"])
+    assert {f["outcome"] for f in outcomes.values()} == {"skipped"}
+    assert outcomes["tests/test_calc.py::test_add"]["attempts"] == 0
+    result.stdout.fnmatch_lines(
+        [
+            "skipped (budget spent: 0 of budget_tokens 1 used, the next request would need "
+            "about * more): tests/test_calc.py::test_add",
+            "skipped (budget spent: *): tests/test_more.py::test_more",
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    "option", [["--agent-budget-tokens", "6000"], ["--agent-max-cost", "0.05"]]
+)
+def test_budget_stops_mid_attempt_before_the_next_request(
+    pytester: pytest.Pytester, project: Path, fake_anthropic: FakeAnthropic, option: list[str]
+) -> None:
+    # The first request fits; its reply views a big file, so the second would not.
+    (project / "data.py").write_text("".join(f"VALUE_{n} = {n}\n" for n in range(20_000)))
+    before = snapshot(project)
+    view = tool_use("str_replace_based_edit_tool", command="view", path="data.py")
+    fake_anthropic.reply(message(FIX, view), done(), message(FIX), done())
+    result = pytester.runpytest("--agent-fix", *option)
+    assert result.ret == 1
+    assert len(fake_anthropic.requests) == 1  # the second request was never sent
+    assert snapshot(project) == before  # the attempt's edit was restored
+    assert not (project / ".agentic/journal").exists()
+    (failure,) = load_report(project)["failures"]
+    assert failure["outcome"] == "not_fixed"
+    assert failure["reason"].startswith("budget spent: ")
+    result.stdout.fnmatch_lines(["not fixed (budget spent: *): tests/test_calc.py::test_add"])
 
 
 def test_plain_run_does_not_import_anthropic(pytester: pytest.Pytester) -> None:
@@ -527,46 +557,70 @@ def test_under_xdist_the_loop_runs_once_in_the_controller(
     assert len(fake_anthropic.requests) == 3  # the fix's two turns, then one review
 
 
-@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
-def test_ctrl_c_mid_attempt_restores_and_exits_2(
-    pytester: pytest.Pytester, project: Path, fake_anthropic: FakeAnthropic, signame: str
-) -> None:
+def interrupt_mid_attempt(
+    project: Path,
+    fake_anthropic: FakeAnthropic,
+    signals: list[tuple[float, int]],
+    replies: tuple[Any, ...] = (),
+    requests: int = 2,
+    args: tuple[str, ...] = (),
+    check: Any = None,
+    **popen: Any,
+) -> tuple[int, str, Path]:
+    """Run `pytest --agent-fix` in a child; once `requests` requests have come (the last one
+    held 30 s), send `signals` ((delay before, signal) pairs). (exit status, output, the
+    run's TMPDIR)."""
+    import os
+    import sys
+    import time
+
     from fake_anthropic import Delay
 
-    before = snapshot(project)
-    fake_anthropic.reply(message(FIX), Delay(30, done()))
-    import os
-    import signal
-    import sys
-
+    fake_anthropic.reply(*(replies or (message(FIX), Delay(30, done()))))
     tmp = project.parent / f"{project.name}-tmp"  # the run's scratch folder goes here
     tmp.mkdir()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "--agent-fix", "-p", "no:cacheprovider"],
+        [sys.executable, "-m", "pytest", "--agent-fix", "-p", "no:cacheprovider", *args],
         cwd=project,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         env={**os.environ, "TMPDIR": str(tmp)},
+        **popen,
     )
     try:
-        deadline = 60
-        import time
-
         start = time.monotonic()
-        while len(fake_anthropic.requests) < 2 and time.monotonic() - start < deadline:
+        while len(fake_anthropic.requests) < requests and time.monotonic() - start < 60:
             time.sleep(0.05)
-        assert len(fake_anthropic.requests) == 2, "the second request never came"
-        # Issue 8: the edit is in the attempt's workspace, never in the user's tree.
-        assert (project / "calc.py").read_text() == CALC
-        (edited,) = tmp.glob("pytest-agentic-run-*/ws-*/calc.py")
-        assert "a + b" in edited.read_text()
-        proc.send_signal(getattr(signal, signame))
+        assert len(fake_anthropic.requests) == requests, "the held request never came"
+        if requests == 2:
+            # Issue 8: the edit is in the attempt's workspace, never in the user's tree.
+            assert (project / "calc.py").read_text() == CALC
+            (edited,) = tmp.glob("pytest-agentic-run-*/ws-*/calc.py")
+            assert "a + b" in edited.read_text()
+        if check is not None:
+            check()
+        for delay, signum in signals:
+            time.sleep(delay)
+            proc.send_signal(signum)
         out, _ = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 2, out
+    return proc.returncode, out, tmp
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_mid_attempt_restores_and_exits_2(
+    pytester: pytest.Pytester, project: Path, fake_anthropic: FakeAnthropic, signame: str
+) -> None:
+    import signal
+
+    before = snapshot(project)
+    status, out, tmp = interrupt_mid_attempt(
+        project, fake_anthropic, [(0, getattr(signal, signame))]
+    )
+    assert status == 2, out
     assert "interrupted: every file the fixer touched was restored" in out
     assert out.rstrip().splitlines()[-1] == (  # issue 11: the last line says the exit status
         "pytest-agentic: interrupted; every file the fixer touched was restored — exit 2"
@@ -574,6 +628,71 @@ def test_ctrl_c_mid_attempt_restores_and_exits_2(
     assert "Traceback" not in out
     assert snapshot(project) == before
     assert list(tmp.iterdir()) == []  # every workspace removed
+
+
+def test_ctrl_c_works_in_a_run_started_in_the_background(
+    pytester: pytest.Pytester, project: Path, fake_anthropic: FakeAnthropic
+) -> None:
+    # The cause of the flaky [SIGINT] case above (issue #10): a shell starts a background
+    # job with SIGINT ignored, Python keeps an inherited SIG_IGN, and the signal did
+    # nothing, so the attempt ran on and its fix was kept (exit 0 after the 30 s delay).
+    # Ignore SIGINT in the child the way `cmd &` does, whatever started this test.
+    import signal
+
+    before = snapshot(project)
+    status, out, tmp = interrupt_mid_attempt(
+        project,
+        fake_anthropic,
+        [(0, signal.SIGINT)],
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    assert status == 2, out
+    assert "interrupted: every file the fixer touched was restored" in out
+    assert snapshot(project) == before
+    assert list(tmp.iterdir()) == []
+
+
+def test_more_ctrl_c_during_the_restore_do_not_cut_it_short(
+    pytester: pytest.Pytester, project: Path, fake_anthropic: FakeAnthropic
+) -> None:
+    import signal
+
+    from fake_anthropic import Delay
+
+    # test_add's fix (and 300 new files) is integrated into the tree; while test_mul's
+    # attempt waits on the API: Ctrl-C, then more Ctrl-C every few milliseconds while the
+    # integrated fix is taken out again.
+    (project / "calc.py").write_text(CALC.replace("a * b", "a * b + 1"))
+    before = snapshot(project)
+
+    def integrated() -> None:
+        assert len(list((project / "gen").iterdir())) == 300
+        assert "a + b" in (project / "calc.py").read_text()
+
+    creates = [
+        tool_use(
+            "str_replace_based_edit_tool",
+            command="create",
+            path=f"gen/mod{n}.py",
+            file_text="x = 1\n" * 200,
+        )
+        for n in range(300)
+    ]
+    status, out, tmp = interrupt_mid_attempt(
+        project,
+        fake_anthropic,
+        [(0, signal.SIGINT)] + [(0.003, signal.SIGINT)] * 150,
+        replies=(message(FIX, *creates), done(), Delay(30, done())),
+        requests=3,
+        args=("--agent-workers", "1"),
+        check=integrated,
+    )
+    assert status == 2, out
+    assert "interrupted: every file the fixer touched was restored" in out
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out
+    assert snapshot(project) == before
+    assert not (project / "gen").exists()
+    assert not (project / ".agentic/journal").exists()
 
 
 def test_hard_kill_then_pytest_agentic_restore(
@@ -740,11 +859,223 @@ def test_the_default_model_is_not_deprecated_in_the_installed_sdk() -> None:
     assert DEFAULT_MODEL not in DEPRECATED_MODELS
 
 
-def test_unauthorized_is_not_retried_and_fails_the_attempt(
+MORE_FAILURES = {
+    "tests/test_more.py": "from calc import add\n\ndef test_more():\n    assert add(1, 1) == 2\n",
+    "tests/test_mul.py": "from calc import mul\n\ndef test_mul3():\n    assert mul(1, 1) == 3\n",
+}
+
+
+@pytest.mark.parametrize(
+    ("status", "kind", "fix"),
+    [
+        (401, "authentication_error", "check ANTHROPIC_API_KEY"),
+        (403, "permission_error", "check ANTHROPIC_API_KEY"),
+        (404, "not_found_error", "check --agent-model (`model`) and ANTHROPIC_BASE_URL"),
+    ],
+)
+def test_a_refused_key_stops_the_run_after_one_request(
+    pytester: pytest.Pytester,
+    project: Path,
+    fake_anthropic: FakeAnthropic,
+    status: int,
+    kind: str,
+    fix: str,
+) -> None:
+    # Issue #10 changed this (it was: each failure tries and fails, exit 1): a key the API
+    # refuses is a usage error of the whole run.
+    for rel, source in MORE_FAILURES.items():
+        (project / rel).write_text(source)
+    before = snapshot(project)
+    fake_anthropic.reply(*[ApiError(status, kind, "invalid x-api-key")] * 20)
+    result = pytester.runpytest_subprocess("--agent-fix")
+    assert result.ret == 4
+    assert len(fake_anthropic.requests) == 1
+    out = result.stdout.str() + result.stderr.str()
+    assert "Traceback" not in out and "{'type'" not in out and "Error code" not in out
+    cause = [line for line in out.splitlines() if "invalid x-api-key" in line]
+    assert len(cause) == 1, out
+    assert cause[0].startswith("stopped: ") and cause[0].endswith(fix)
+    assert f"API error {status}: invalid x-api-key ({kind})" in cause[0]
+    outcomes = sorted(f["outcome"] for f in load_report(project)["failures"])
+    assert outcomes == ["not_fixed", "skipped", "skipped"]  # the one that asked, the rest
+    assert load_report(project)["stopped"] in cause[0]
+    after = snapshot(project)
+    assert {k: v for k, v in after.items() if k not in ("stdout", "stderr")} == before
+
+
+def test_an_unreachable_api_stops_the_run_at_once(
+    pytester: pytest.Pytester, project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-key")
+    for rel, source in MORE_FAILURES.items():
+        (project / rel).write_text(source)
+    import time
+
+    start = time.monotonic()
+    result = pytester.runpytest_subprocess("--agent-fix")
+    assert result.ret == 4
+    assert time.monotonic() - start < 60
+    out = result.stdout.str()
+    (line,) = [line for line in out.splitlines() if "Connection" in line]
+    assert line.startswith(f"stopped: cannot reach http://127.0.0.1:{port}")
+    assert line.endswith("check the network, proxy settings and ANTHROPIC_BASE_URL")
+    assert sorted(f["outcome"] for f in load_report(project)["failures"]) == [
+        "not_fixed",
+        "skipped",
+        "skipped",
+    ]
+
+
+def test_secrets_never_reach_the_api_a_transcript_or_the_report(
+    pytester: pytest.Pytester,
+    project: Path,
+    fake_anthropic: FakeAnthropic,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    outside = tmp_path_factory.mktemp("elsewhere")
+    (outside / "settings.py").write_text('TOKEN = "OUTSIDE-FAKE-TOKEN"\n')
+    (outside / "notes.txt").write_text("OUTSIDE-NOTES-TOKEN\n")
+    monkeypatch.setenv("GITHUB_TOKEN", "ghp_FAKEENVIRONTOKEN")
+    (project / "settings.py").symlink_to(outside / "settings.py")  # imported by the test
+    (project / "notes.txt").symlink_to(outside / "notes.txt")
+    (project / "environ.txt").symlink_to("/proc/self/environ")
+    (project / ".env").write_text("API_KEY=DOTENV-FAKE-TOKEN\n")
+    (project / "tests/test_calc.py").write_text("import settings\n" + TEST_CALC)
+    calls = [
+        tool_use("str_replace_based_edit_tool", command="view", path=path)
+        for path in ("environ.txt", "notes.txt", "settings.py", ".env", ".", str(outside))
+    ]
+    calls.append(tool_use("search", pattern="TOKEN"))
+    calls.append(
+        tool_use(
+            "str_replace_based_edit_tool",
+            command="str_replace",
+            path="environ.txt",
+            old_str="GITHUB",
+            new_str="x",
+        )
+    )
+    fake_anthropic.reply(message(*calls), message(FIX), done())
+    result = pytester.runpytest_subprocess("--agent-fix")
+    assert result.ret == 0
+    results = fake_anthropic.requests[1].tool_results()
+    assert [r.get("is_error", False) for r in results] == [True] * 4 + [False, True, False, True]
+    everything = [json.dumps(r.body) for r in fake_anthropic.requests]
+    everything += [p.read_text() for p in project.glob(".agentic/runs/**/*") if p.is_file()]
+    everything.append(result.stdout.str())
+    for secret in ("ghp_FAKEENVIRONTOKEN", "OUTSIDE-FAKE-TOKEN", "OUTSIDE-NOTES", "DOTENV-FAKE"):
+        assert not [text for text in everything if secret in text], secret
+
+
+def test_a_nul_byte_path_is_an_error_and_the_other_fix_is_kept(
     pytester: pytest.Pytester, project: Path, fake_anthropic: FakeAnthropic
 ) -> None:
-    fake_anthropic.reply(ApiError(401, "authentication_error", "invalid x-api-key"))
-    result = pytester.runpytest("--agent-fix", "--agent-max-attempts", "1")
-    assert result.ret == 1
-    result.stdout.fnmatch_lines(["not fixed (API error 401: *invalid x-api-key*): *test_add"])
-    assert len(fake_anthropic.requests) == 1
+    (project / "calc.py").write_text(CALC.replace("a * b", "a * b + 1"))
+    nul_create = tool_use(
+        "str_replace_based_edit_tool", command="create", path="calc\u0000.py", file_text="x"
+    )
+    nul_edit = edit("calc.py\u0000", "a * b + 1", "a * b")
+    bad_type = tool_use(
+        "str_replace_based_edit_tool",
+        command="insert",
+        path="calc.py",
+        insert_line="1",
+        insert_text=7,
+    )
+    fix_mul = edit("calc.py", "return a * b + 1", "return a * b")
+    fake_anthropic.reply(
+        message(FIX), done(), message(nul_create, nul_edit, bad_type), message(fix_mul), done()
+    )
+    result = pytester.runpytest("--agent-fix", "--agent-workers", "1")  # replies in order
+    assert result.ret == 0, result.stdout.str()
+    errors = fake_anthropic.requests[3].tool_results()
+    assert [r["is_error"] for r in errors] == [True, True, True]
+    assert "NUL byte" in errors[0]["content"] and "NUL byte" in errors[1]["content"]
+    assert "`insert_line` must be an integer, not str" in errors[2]["content"]
+    assert (project / "calc.py").read_text() == CALC.replace("a - b", "a + b")
+    assert not (project / ".agentic/journal").exists()
+
+
+def test_an_unexpected_error_restores_the_attempt_keeps_verified_fixes_and_exits_3(
+    pytester: pytest.Pytester,
+    project: Path,
+    fake_anthropic: FakeAnthropic,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import pytest_agentic.fixer
+
+    (project / "calc.py").write_text(CALC.replace("a * b", "a * b + 1"))
+    written = []
+
+    def write_transcript(*args: Any) -> None:  # the disk fills up on the second attempt
+        written.append(args)
+        if len(written) == 2:
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pytest_agentic.fixer, "write_transcript", write_transcript)
+    fix_mul = edit("calc.py", "return a * b + 1", "return a * b")
+    fake_anthropic.reply(message(FIX), done(), message(fix_mul), done())
+    result = pytester.runpytest("--agent-fix", "--agent-workers", "1")  # replies in order
+    assert result.ret == 3
+    lines = [line for line in result.stdout.lines if "No space left on device" in line]
+    assert len(lines) == 1
+    assert lines[0].startswith("internal error: OSError: [Errno 28] No space left on device (")
+    assert "Traceback" not in result.stdout.str()
+    # The verified fix of test_add is kept, the open attempt on test_mul restored.
+    assert (project / "calc.py").read_text() == CALC.replace("a - b", "a + b").replace(
+        "a * b", "a * b + 1"
+    )
+    assert not (project / ".agentic/journal").exists()
+    report = load_report(project)
+    assert report["error"].startswith("OSError: [Errno 28]")
+    assert [f["outcome"] for f in report["failures"]] == ["fixed", "not_fixed"]
+    (log,) = project.glob(".agentic/runs/*/error.log")
+    assert "Traceback" in log.read_text()
+
+
+def test_a_huge_create_is_refused_and_never_resent_or_stored(
+    pytester: pytest.Pytester, project: Path, fake_anthropic: FakeAnthropic
+) -> None:
+    huge = tool_use(
+        "str_replace_based_edit_tool", command="create", path="blob.py", file_text="x" * (8 << 20)
+    )
+    fake_anthropic.reply(message(huge), message(FIX), done())
+    result = pytester.runpytest("--agent-fix")
+    assert result.ret == 0
+    assert not (project / "blob.py").exists()
+    (refusal,) = fake_anthropic.requests[1].tool_results()
+    assert refusal["is_error"] is True
+    assert "over write_max_bytes (1048576)" in refusal["content"]
+    for request in fake_anthropic.requests[1:]:
+        assert len(json.dumps(request.body)) < 100_000
+    for transcript in project.glob(".agentic/runs/*/transcripts/*.json"):
+        assert transcript.stat().st_size < 200_000
+
+
+def test_unreadable_globs_come_from_pyproject(
+    pytester: pytest.Pytester, project: Path, fake_anthropic: FakeAnthropic
+) -> None:
+    (project / "pyproject.toml").write_text(
+        PYPROJECT + '[tool.pytest-agentic]\nunreadable = ["private/"]\nview_max_chars = 100\n'
+    )
+    (project / "private").mkdir()
+    (project / "private/keys.py").write_text("KEY = 'PRIVATE-FAKE-KEY'\n")
+    (project / ".env").write_text("SHOWN=1\n")  # the list replaces the defaults
+    views = [
+        tool_use("str_replace_based_edit_tool", command="view", path=path)
+        for path in ("private/keys.py", ".env", "tests/test_calc.py")
+    ]
+    fake_anthropic.reply(message(*views), message(FIX), done())
+    result = pytester.runpytest("--agent-fix")
+    assert result.ret == 0
+    keys, env, test = fake_anthropic.requests[1].tool_results()
+    assert keys["is_error"] is True and "unreadable" in keys["content"]
+    assert env["content"] == "     1\tSHOWN=1"
+    assert "[output capped at view_max_chars (100 characters)" in test["content"]

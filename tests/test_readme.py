@@ -53,8 +53,8 @@ def test_every_pytest_option_is_documented() -> None:
     source = (ROOT / "src/pytest_agentic/plugin.py").read_text(encoding="utf-8")
     options = set(re.findall(r'"(--agent-[a-z-]+)"', source))
     # --agent-workers (issue 8), --agent-review (issue 9; its --no- form is checked below),
-    # --agent-commit (issue 11)
-    assert len(options) == 10
+    # --agent-max-cost (issue 10), --agent-commit (issue 11)
+    assert len(options) == 11
     for option in options:
         assert f"`{option}" in README, option
     assert '"--no-agent-review"' in source and "`--no-agent-review`" in README

@@ -109,3 +109,42 @@ def test_the_python_3_10_start_drops_the_working_directory_too(tmp_path: Path) -
     )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "1 failed" in proc.stdout
+
+
+def test_a_child_left_running_by_a_test_neither_delays_the_verdict_nor_survives(
+    tmp_path: Path,
+) -> None:
+    # With `-s` the child shares the re-run's stdout; through a pipe it held the verdict
+    # until it ended (issue #10).
+    (tmp_path / "pytest.ini").write_text("[pytest]\naddopts = -s\n")
+    marker = tmp_path / "child.pid"
+    (tmp_path / "test_spawn.py").write_text(
+        "import subprocess, pathlib\n\n"
+        "def test_spawn():\n"
+        "    child = subprocess.Popen(['sleep', '25'])\n"
+        f"    pathlib.Path({str(marker)!r}).write_text(str(child.pid))\n"
+        "    print('spawned')\n"
+    )
+    import time
+
+    start = time.monotonic()
+    result = run_tests(
+        ["test_spawn.py::test_spawn"],
+        RerunSettings(rootdir=tmp_path, inifile=tmp_path / "pytest.ini", timeout=20),
+    )
+    assert time.monotonic() - start < 15
+    assert result.passed(["test_spawn.py::test_spawn"]), result.output
+    assert "spawned" in result.output
+    pid = int(marker.read_text())
+    stat = Path(f"/proc/{pid}/stat")
+
+    def alive() -> bool:  # a zombie waiting for init to reap it counts as dead
+        try:
+            return not stat.read_text().split(") ")[1].startswith(("Z", "X"))
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+
+    deadline = time.monotonic() + 5  # SIGKILL is sent; dying takes a moment on a busy box
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive()

@@ -58,8 +58,25 @@ DEFAULT_PROTECTED = (
     "docs/knowledge/",
 )
 
+#: Files the agent may never read (nor write, nor see in a listing): secrets that would
+#: otherwise travel to the API, into transcripts and reports (issue #10). gitwildmatch.
+DEFAULT_UNREADABLE = (
+    ".env",
+    ".env.*",
+    "*.pem",
+    "*.key",
+    "id_rsa*",
+    "id_ed25519*",
+    ".netrc",
+    ".pypirc",
+    ".npmrc",
+    "secrets/",
+    "**/credentials*",
+)
+
 # key -> (kind, default). Kinds: "str", "str?" (str or absent), "bool", "int", "int?",
-# "list[str]". Keep in step with the README's configuration table.
+# "float?" (a positive number or absent), "list[str]". Keep in step with the README's
+# configuration table.
 KEYS: dict[str, tuple[str, Any]] = {
     # foundation (tasks and scope)
     "tasks_dir": ("str", ".agentic/tasks"),
@@ -71,12 +88,16 @@ KEYS: dict[str, tuple[str, Any]] = {
     "model": ("str?", None),
     "max_turns": ("int", 25),
     "budget_tokens": ("int?", None),
+    "max_cost_usd": ("float?", None),
     "dry_run": ("bool", False),
     "commit": ("bool", False),
     "report": ("str?", None),
     "rerun_timeout": ("int", 300),
     "api_timeout": ("int", 600),
     "context_max_chars": ("int", 24000),
+    "unreadable": ("list[str]", list(DEFAULT_UNREADABLE)),
+    "view_max_chars": ("int", 40_000),
+    "write_max_bytes": ("int", 1 << 20),
     "sandbox": ("str", "auto"),
     "sandbox_network": ("bool", False),
     "workers": ("int", 4),
@@ -101,6 +122,7 @@ _KIND_NAMES = {
     "bool": "true or false",
     "int": "a positive integer",
     "int?": "a positive integer",
+    "float?": "a positive number",
     "list[str]": "a list of strings",
 }
 
@@ -223,6 +245,8 @@ def check_type(kind: str, value: Any) -> bool:
         return isinstance(value, bool)
     if kind in ("int", "int?"):
         return isinstance(value, int) and not isinstance(value, bool) and value > 0
+    if kind == "float?":
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
     if kind == "list[str]":
         return isinstance(value, list) and all(isinstance(item, str) for item in value)
     raise AssertionError(kind)  # pragma: no cover - KEYS uses only the kinds above

@@ -15,12 +15,14 @@ from __future__ import annotations
 import ast
 import os
 from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pytest_agentic.fixer import Failure
+    from pytest_agentic.scope import PathPolicy
     from pytest_agentic.tasks import Task
 
 CONTEXT_LINES = 12
@@ -35,8 +37,16 @@ MAX_HOPS = 6
 MAX_LISTED = 20
 
 
-def _read(root: Path, rel: str) -> list[str] | None:
-    """The one place this module reads a project file (a read policy hooks in here)."""
+#: The agent's read policy while a first message is built (issue 10): a secret the agent may
+#: not read (`.env`, a symlink out of the root) must not reach its prompt either.
+_policy: ContextVar[PathPolicy | None] = ContextVar("agentic_read_policy", default=None)
+
+
+def read_lines(root: Path, rel: str) -> list[str] | None:
+    """The one place this module reads a project file, under the read policy when one is set."""
+    policy = _policy.get()
+    if policy is not None and policy.check_read(os.path.join(root, rel)) is not None:
+        return None
     try:
         return (root / rel).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError):
@@ -71,7 +81,7 @@ def _test_source(path: str, lineno: int, lines: list[str], tree: ast.Module | No
     return f"{path}\n{_excerpt(lines, lineno, end)}"
 
 
-def _rel_inside(root: Path, path: str) -> str | None:
+def rel_inside(root: Path, path: str) -> str | None:
     full = Path(path) if os.path.isabs(path) else root / path
     try:
         rel = full.resolve().relative_to(root.resolve()).as_posix()
@@ -97,7 +107,7 @@ def _imported_files(root: Path, tree: ast.Module) -> list[str]:
         for prefix in ("", "src/"):
             for candidate in (f"{prefix}{base}.py", f"{prefix}{base}/__init__.py"):
                 # Resolved: a symlink out of the root is never read.
-                rel = _rel_inside(root, candidate)
+                rel = rel_inside(root, candidate)
                 if rel is not None and rel not in found and (root / rel).is_file():
                     found.append(rel)
     return found
@@ -184,7 +194,7 @@ class _Resolver:
         for folder in self.search:
             prefix = f"{folder}/" if folder else ""
             for candidate, is_package in ((f"{base}.py", False), (f"{base}/__init__.py", True)):
-                rel = _rel_inside(self.root, prefix + candidate)
+                rel = rel_inside(self.root, prefix + candidate)
                 if rel is None or not (self.root / rel).is_file():
                     continue
                 found = self.load(rel, name, is_package)
@@ -195,7 +205,7 @@ class _Resolver:
         return found
 
     def load(self, rel: str, name: str, is_package: bool) -> _Module | None:
-        lines = _read(self.root, rel)
+        lines = read_lines(self.root, rel)
         tree = _parse(lines) if lines is not None else None
         if lines is None or tree is None:
             return None
@@ -528,10 +538,23 @@ def first_message(
     root: Path,
     failures: Sequence[Failure],
     task: Task | None,
+    policy: PathPolicy | None = None,
     *,
     max_chars: int = DEFAULT_MAX_CHARS,
 ) -> list[dict[str, Any]]:
     """The stable context of every attempt: identical bytes across attempts, so it caches.
+    Every file is read under `policy` (the agent's read policy) when one is given."""
+    token = _policy.set(policy)
+    try:
+        return _first_message(root, failures, task, max_chars)
+    finally:
+        _policy.reset(token)
+
+
+def _first_message(
+    root: Path, failures: Sequence[Failure], task: Task | None, max_chars: int
+) -> list[dict[str, Any]]:
+    """See `first_message`.
 
     Source excerpts (traceback frames first, then the definitions the test reaches, else the
     top of the project modules it imports) share `max_chars`.
@@ -549,18 +572,18 @@ def first_message(
             f"\n## {failure.nodeid} ({'setup error' if failure.when == 'setup' else 'failure'})"
         )
         parts.append("Failure report:\n```\n" + failure.report.strip()[-6000:] + "\n```")
-        test_rel = _rel_inside(root, failure.path) if failure.path else None
-        test_lines = _read(root, test_rel) if test_rel else None
+        test_rel = rel_inside(root, failure.path) if failure.path else None
+        test_lines = read_lines(root, test_rel) if test_rel else None
         tree = _parse(test_lines) if test_lines is not None else None
         if test_rel and failure.lineno is not None and test_lines is not None:
             source = _test_source(test_rel, failure.lineno, test_lines, tree)
             parts.append("Test source (read-only to you):\n```python\n" + source + "\n```")
         frames = 0
         for path, lineno in reversed(failure.frames):
-            rel = _rel_inside(root, path)
+            rel = rel_inside(root, path)
             if rel is None or rel == test_rel or frames >= MAX_FRAMES:
                 continue
-            lines = _read(root, rel)
+            lines = read_lines(root, rel)
             if lines is None:
                 continue
             frames += 1
@@ -580,7 +603,7 @@ def first_message(
         if reached:
             texts: dict[Definition, str] = {}
             for d in reached:
-                lines = _read(root, d.path)
+                lines = read_lines(root, d.path)
                 texts[d] = _render(d, lines) if lines is not None else ""
             sizes = {d: len(t) for d, t in texts.items()}
             shown, left = select([d for d in reached if texts[d]], sizes, max(0, max_chars - used))
@@ -602,7 +625,7 @@ def first_message(
             # Nothing resolved (dynamic imports, a plugin-provided fixture): the top of the
             # project modules the test imports is the best guess left.
             for rel in _imported_files(root, tree)[:MAX_FRAMES]:
-                lines = _read(root, rel)
+                lines = read_lines(root, rel)
                 if rel in files or not lines:
                     continue
                 last = min(len(lines), MAX_IMPORTED_LINES)

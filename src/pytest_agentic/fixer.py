@@ -28,8 +28,9 @@ import re
 import signal
 import threading
 import time
+import traceback as tb
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,10 +38,22 @@ from typing import Any
 
 import pytest
 
-from pytest_agentic.agent import EDITOR_TOOL, Conversation, Toolbox, Usage, converse
+from pytest_agentic.agent import (
+    EDITOR_TOOL,
+    Budget,
+    BudgetSpent,
+    Conversation,
+    FatalApiError,
+    Toolbox,
+    Usage,
+    converse,
+    fatal_error,
+)
 from pytest_agentic.atomic import write_atomic
-from pytest_agentic.context import _read, _rel_inside, first_message
+from pytest_agentic.config import DEFAULT_UNREADABLE
+from pytest_agentic.context import first_message, read_lines, rel_inside
 from pytest_agentic.errors import AgenticError
+from pytest_agentic.interrupts import finishing, interruptible
 from pytest_agentic.plugin import RUN_LOCK
 from pytest_agentic.progress import LiveProgress, parse_refusal
 from pytest_agentic.report import (
@@ -104,6 +117,10 @@ class Settings:
     max_diff_lines: int = 200
     checks: tuple[str, ...] = ()
     xdist_workers: str | None = None  # the session's `-n`, repeated by the final run
+    max_cost_usd: float | None = None
+    unreadable: tuple[str, ...] = DEFAULT_UNREADABLE
+    view_max_chars: int = 40_000
+    write_max_bytes: int = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -255,6 +272,12 @@ class Cancelled(BaseException):
     KeyboardInterrupt, so no `except Exception` on the way swallows it."""
 
 
+class Halted(Exception):
+    """Another worker stopped the run (`Run.halt`): this attempt ends before its next request."""
+
+    requests = 1
+
+
 class Tainted(BaseException):
     """A re-run changed files the editor did not write: the attempt is rejected at once."""
 
@@ -291,6 +314,15 @@ class Run:
         self.run_dir = run_dir
         self.on_event = on_event
         self.usage = Usage()
+        self.budget = Budget(
+            self.usage,
+            max_tokens=settings.budget_tokens,
+            max_cost_usd=settings.max_cost_usd,
+            model=settings.model,
+        )
+        # Why the whole run stops (budget spent, a refused key, an unreachable API, our own
+        # bug): set once, by the first worker that hits it; no request goes out after it.
+        self.halt: BaseException | None = None
         self.rerun_seconds = 0.0
         self.cancel = threading.Event()
         self.primed = threading.Event()
@@ -350,14 +382,19 @@ class Run:
             raise Cancelled
 
     def add_usage(self, usage: Usage) -> None:
-        with self._lock:
-            for name in vars(usage):
-                setattr(self.usage, name, getattr(self.usage, name) + getattr(usage, name))
+        self.usage.add(usage)
 
     def over_budget(self) -> bool:
-        budget = self.settings.budget_tokens
+        budget = self.budget
+        return (budget.max_tokens is not None and self.usage.total >= budget.max_tokens) or (
+            budget.max_cost_usd is not None and budget.cost() >= budget.max_cost_usd
+        )
+
+    def stop(self, exc: BaseException) -> None:
+        """The run stops for `exc` (the first reason wins): no new job, no new request."""
         with self._lock:
-            return budget is not None and self.usage.total >= budget
+            if self.halt is None:
+                self.halt = exc
 
     def rerun(
         self, nodeids: Sequence[str], ws: Workspace | None, rerun: RerunSettings | None = None
@@ -391,6 +428,7 @@ class _Client:
         self.run = run
         self.messages = self
         self.transcript: list[dict[str, Any]] = []
+        self.sent = 0
 
     def create(self, **request: Any) -> Any:
         run = self.run
@@ -398,14 +436,40 @@ class _Client:
         primer = not run.primed.is_set() and run.take_primer()
         while not primer and not run.primed.wait(0.1):
             run.check_cancel()
+        if run.halt is not None:  # another worker stopped the run: this attempt ends here
+            halted = Halted()
+            halted.requests = self.sent
+            raise halted
+        self.sent += 1
+        client = run.client()
         try:
-            response = run.client().messages.create(**request)
+            response = client.messages.create(**request)
+        except Exception as exc:
+            # A refused key or an unreachable API stops the run before the primer's gate
+            # lets the other workers send theirs (issue #10: one request, not one per job).
+            fatal = fatal_error(exc, client, str(request.get("model", "")))
+            if fatal is not None:
+                run.stop(fatal)
+            raise
         finally:
             if primer:
                 run.primed.set()
         assistant = [block.to_dict() for block in response.content]
         self.transcript = [*request["messages"], {"role": "assistant", "content": assistant}]
         return response
+
+
+class _Tee(Usage):
+    """Counts each response into several totals: the run's (which the shared budget reads
+    before every request) and one failure's own (its line in the report)."""
+
+    def __init__(self, *totals: Usage) -> None:
+        super().__init__()
+        self._totals = totals
+
+    def add(self, usage: Any) -> None:
+        for total in self._totals:
+            total.add(usage)
 
 
 class _EditLog(Journal):
@@ -428,12 +492,20 @@ class _AttemptTools(Toolbox):
             protected=settings.protected,
             for_agent=True,
             protected_paths=run.protected_paths,
+            unreadable=settings.unreadable,
         )
-        super().__init__(ws.path, policy, _EditLog(ws.path, "editor"), rerun)
+        super().__init__(
+            ws.path,
+            policy,
+            _EditLog(ws.path, "editor"),
+            rerun,
+            view_max_chars=settings.view_max_chars,
+            write_max_bytes=settings.write_max_bytes,
+        )
         self.ws = ws
         self.run = run
 
-    def call(self, name: str, params: dict[str, Any]) -> tuple[str, bool]:
+    def call(self, name: str, params: Any) -> tuple[str, bool]:
         self.run.check_cancel()
         try:
             return super().call(name, params)
@@ -600,7 +672,7 @@ def _review(
 
     literals: set[object] = set()
     for failure in job.failures:
-        lines = _read(ws.path, failure.path) if failure.path else None
+        lines = read_lines(ws.path, failure.path) if failure.path else None
         if lines is not None:
             literals |= assertion_literals("\n".join(lines), failure.lineno)
     ran = "\n".join(f"{c.check}: {c.reason}" for c in checks)
@@ -659,7 +731,6 @@ def attempt(run: Run, job: Job) -> tuple[Fix | None, Verdict]:
 
         tools = _AttemptTools(run, ws, for_the_model)
         client = _Client(run)
-        usage = Usage()
         message = list(job.context)
         if job.feedback:
             message.append({"type": "text", "text": job.feedback})
@@ -670,15 +741,13 @@ def attempt(run: Run, job: Job) -> tuple[Fix | None, Verdict]:
                 first_message=message,
                 toolbox=tools,
                 max_turns=settings.max_turns,
-                usage=usage,
+                usage=_Tee(run.usage, job.usage),  # the budget reads the run's totals
                 api_error=anthropic.APIError,
+                budget=run.budget,  # shared by the workers, checked before each request
                 on_event=lambda kind, **fields: run.on_event(kind, job=job, **fields),
             )
         except Tainted as exc:
             conversation = Conversation("tainted", _tainted(exc), client.transcript)
-        finally:
-            run.add_usage(usage)
-            job.usage.add(usage)
         if run.run_dir is not None:
             write_transcript(
                 run.run_dir, job.index, nodeids[0], job.attempts, conversation.transcript
@@ -698,7 +767,7 @@ def work(run: Run, job: Job) -> Fix | None:
     try:
         while job.attempts < run.settings.max_attempts:
             if run.over_budget():
-                job.reason = job.reason or "token budget spent"
+                job.reason = job.reason or "budget spent"
                 if job.attempts == 0:
                     job.outcome = "skipped"
                 return None
@@ -720,6 +789,12 @@ def work(run: Run, job: Job) -> Fix | None:
             if verdict.final:
                 return None
         return None
+    except Exception as exc:
+        # Stop the others before the primer's gate opens: after a refused key, no worker
+        # waiting on the first request may send one of its own.
+        if not isinstance(exc, Halted):
+            run.stop(exc)
+        raise
     finally:
         run.primed.set()  # a job that never sent a request must not hold the others back
 
@@ -920,13 +995,13 @@ class FixSession:
             # A doctest's "test file" is the module under test: that one stays fixable.
             if type(item).__name__ == "DoctestItem" and item.path.suffix == ".py":
                 continue
-            rel = _rel_inside(self.rootdir, str(item.path))
+            rel = rel_inside(self.rootdir, str(item.path))
             if rel is not None:
                 self.test_files.add(rel)
 
     def pytest_deselected(self, items: Sequence[pytest.Item]) -> None:
         for item in items:
-            self.partial_files.add(_rel_inside(self.rootdir, str(item.path)) or "")
+            self.partial_files.add(rel_inside(self.rootdir, str(item.path)) or "")
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         # Under xdist the controller collects nothing: the node ids name the test files.
@@ -959,13 +1034,21 @@ class FixSession:
             dry_run=self.settings.dry_run,
         )
         self.on_event = self._event
-        with warnings.catch_warnings(), _sigterm_interrupts():
+        with warnings.catch_warnings(), interruptible():
             # SDK warnings (a deprecated model name, an unclosed client) would become errors
             # in suites with `filterwarnings = error`; they are not the user's tests' business.
             warnings.simplefilter("ignore")
-            self.report = self.run(list(self.failures.values()))
+            try:
+                self.report = self.run(list(self.failures.values()))
+            except Exception as exc:  # run() failed outside its loop (writing the report)
+                self.report = RunReport(model=self.settings.model)
+                self.report.error = _one_line(exc)
         self.progress.close()
-        if self.report.interrupted:
+        if self.report.fatal:
+            session.exitstatus = pytest.ExitCode.USAGE_ERROR  # a key or URL the user must fix
+        elif self.report.error:
+            session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
+        elif self.report.interrupted:
             session.exitstatus = pytest.ExitCode.INTERRUPTED
         elif all(o.outcome == "fixed" for o in self.report.outcomes):
             session.exitstatus = pytest.ExitCode.OK
@@ -996,9 +1079,21 @@ class FixSession:
             problem = append_step_summary(report)
             if problem and reporter is not None:
                 reporter.write_line(f"pytest-agentic: {problem}")
-        if reporter is None or not (report.outcomes or report.interrupted):
+        if reporter is None or not (
+            report.outcomes or report.interrupted or report.fatal or report.error
+        ):
             return
         reporter.write_sep("=", "pytest-agentic fix")
+        if report.fatal:
+            reporter.write_line(f"stopped: {report.fatal}", red=True, bold=True)
+        if report.error:
+            reporter.write_line(
+                f"internal error: {report.error} (the open attempt was restored, verified "
+                "fixes kept"
+                + (f"; traceback in {report.run_dir / 'error.log'})" if report.run_dir else ")"),
+                red=True,
+                bold=True,
+            )
         for line in report.lines():
             reporter.write_line(line)
         if report.outcomes:
@@ -1098,23 +1193,54 @@ class FixSession:
                     run.protected_paths = frozenset(self._session_files())
                     run.passed = list(self.passed)
                     run.whole_files = self._whole_files()
+                    # The first message is read under the agent's read policy too.
+                    policy = PathPolicy(
+                        self.root,
+                        task=settings.task,
+                        protected=settings.protected,
+                        for_agent=True,
+                        unreadable=settings.unreadable,
+                    )
                     for job in jobs:
                         job.context = first_message(
                             self.rootdir,
                             job.failures,
                             settings.task,
+                            policy=policy,
                             max_chars=settings.context_max_chars,
                         )
                     self.on_event("planned", jobs=jobs)
                     dispatch(run, jobs)
                     verify(run, jobs)
         except KeyboardInterrupt:
+            # A second Ctrl-C is ignored from here on (interrupts.py): the restore runs out.
             report.interrupted = True
+        except Exception as exc:
+            # Our bug or the machine's (a full disk): one line, the traceback in the run
+            # folder; _stop puts back an integration cut short, verified fixes are kept.
+            if run is not None:
+                run.stop(exc)
+            else:
+                report.error = _one_line(exc)
+                _error_log(report.run_dir, exc)
         finally:
+            try:
+                finishing()  # a Ctrl-C from here on is ignored: nothing is left half done
+            except KeyboardInterrupt:
+                pass  # one already on its way when the run got here: too late to matter
             if run is not None:
                 stop(run, jobs, children, restore=report.interrupted)
             elif early is not None:
                 early.close()
+        if run is not None and run.halt is not None:
+            if isinstance(run.halt, FatalApiError):
+                report.fatal = str(run.halt)
+            elif not isinstance(run.halt, BudgetSpent):
+                report.error = _one_line(run.halt)
+                _error_log(report.run_dir, run.halt)
+        for job in jobs:
+            if job.outcome == "not_fixed" and not job.reason:  # never "not fixed ()"
+                job.reason = "interrupted" if report.interrupted else "stopped by an error"
         for job in jobs:
             if settings.commit and not report.interrupted and job.outcome == "fixed" and job.diff:
                 self._commit(job)  # integrated and verified; its journal was kept in `stop`
@@ -1164,15 +1290,15 @@ class FixSession:
         """The session's own test files, the conftests it loaded and its ini file (relative
         to the project root: the agent's tools are rooted at its copy)."""
         files = {
-            _rel_inside(self.root, str(self.rootdir / rel)) or ""
+            rel_inside(self.root, str(self.rootdir / rel)) or ""
             for rel in (self.test_files or self.reported_files)
         }
         for plugin in self.config.pluginmanager.get_plugins():
             path = getattr(plugin, "__file__", None)
             if isinstance(path, str) and os.path.basename(path) == "conftest.py":
-                files.add(_rel_inside(self.root, path) or "")
+                files.add(rel_inside(self.root, path) or "")
         if self.config.inipath is not None:
-            files.add(_rel_inside(self.root, str(self.config.inipath)) or "")
+            files.add(rel_inside(self.root, str(self.config.inipath)) or "")
         files.discard("")
         return files
 
@@ -1224,6 +1350,10 @@ def dispatch(run: Run, jobs: list[Job]) -> None:
             continue
         while waiting and len(running) < run.settings.workers:
             ready = waiting.pop(0)
+            if run.halt is not None:  # the run stopped: nothing more is dispatched
+                _stopped(run, ready, run.halt)
+                settled[ready.index] = None
+                continue
             if run.chain and ready.attempts == 0 and _passes(run, run.integrated, ready.nodeids):
                 ready.outcome, ready.fixed_by = "fixed", mender(run, ready.nodeids)
                 settled[ready.index] = None
@@ -1237,8 +1367,12 @@ def dispatch(run: Run, jobs: list[Job]) -> None:
             ready = running.pop(future)
             try:
                 settled[ready.index] = future.result()
-            except Exception as exc:  # a bug or a broken workspace: this job only
-                ready.reason = f"internal error: {exc}"
+            except Exception as exc:
+                # Budget spent, a refused key, an unreachable API, or our bug in a worker:
+                # the whole run stops (the attempt's workspace is already discarded).
+                if not isinstance(exc, Halted):
+                    run.stop(exc)
+                _stopped(run, ready, exc)
                 settled[ready.index] = None
 
 
@@ -1259,7 +1393,7 @@ def settle(run: Run, job: Job, fix: Fix | None, fixed_before: list[str]) -> bool
             last, kept=False, checks=(*last.checks, CheckResult("integration", False, why))
         )
     job.reason = why
-    if job.attempts >= run.settings.max_attempts or run.over_budget():
+    if job.attempts >= run.settings.max_attempts or run.over_budget() or run.halt is not None:
         return True
     job.feedback = feedback(job.attempts, why)
     return False
@@ -1305,10 +1439,16 @@ def stop(run: Run, jobs: list[Job], children: set[int], restore: bool) -> None:
         _kill_new_children(children)  # re-runs in flight end now, not at their timeout
         wait(run.futures, timeout=STOP_GRACE_SECONDS)
     integrated = [job for job, _ in reversed(run.chain)]
+    # A job cut short while being written to the user's tree is the newest of all; it goes
+    # back whatever stopped the run (an error too), the integrated ones only on Ctrl-C.
     cut = [j for j in jobs if j.journal is not None and j not in integrated]
     for job in cut + (integrated if restore else []):
-        _undo(run, job)
-        job.outcome, job.reason, job.files = "not_fixed", "interrupted", ()
+        try:
+            _undo(run, job)
+        except KeyboardInterrupt:
+            pass  # held until that replay was done (interrupts.py); carry on restoring
+        job.outcome, job.files = "not_fixed", ()
+        job.reason = "interrupted" if restore else "stopped while its fix was written"
     for job in integrated:
         if job.journal is not None:
             job.journal.keep()
@@ -1381,21 +1521,30 @@ def _kill_new_children(before: set[int]) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-@contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM (a CI job cancelled, `timeout`) restores the tree like Ctrl-C does."""
+def _one_line(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
 
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
 
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+def _error_log(run_dir: Path | None, exc: BaseException) -> None:
+    if run_dir is not None:
+        with contextlib.suppress(OSError):
+            (run_dir / "error.log").write_text("".join(tb.format_exception(exc)))
+
+
+def _stopped(run: Run, job: Job, exc: BaseException) -> None:
+    """`job` ends because the run stopped (`run.halt`); `exc` is what ended it, if it ran."""
+    halt = run.halt
+    if isinstance(halt, BudgetSpent):
+        job.reason = str(halt).splitlines()[0]
+    elif isinstance(halt, FatalApiError):
+        job.reason = "the run stopped on an API error"  # said once, in the `stopped:` line
+    else:
+        job.reason = "the run stopped on an internal error"
+    # An attempt that never reached the model is no attempt.
+    if job.attempts <= 1 and getattr(exc, "requests", 1) == 0:
+        job.attempts = 0
+    if job.attempts == 0:
+        job.outcome = "skipped"
 
 
 def _collected_file(nodeid: str) -> str | None:

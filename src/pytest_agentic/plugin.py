@@ -17,7 +17,12 @@ HELP_FIX = "send each confirmed failure to a coding agent; keep only verified fi
 HELP_MAX_ATTEMPTS = "attempts per failure before giving up (default 3)."
 HELP_MODEL = "the Claude model the agent uses (default: a current Sonnet)."
 HELP_MAX_TURNS = "tool-use turns per attempt (default 25)."
-HELP_BUDGET = "stop dispatching failures once this many tokens are spent (default: no limit)."
+HELP_BUDGET = (
+    "stop before a request that could take the run over this many tokens (default: no limit)."
+)
+HELP_MAX_COST = (
+    "stop before a request that could take the run's estimated cost over USD (default: no limit)."
+)
 HELP_DRY_RUN = "propose patches in .agentic/runs/ but leave the working tree as it was."
 HELP_REPORT = "also write the JSON report to PATH."
 HELP_COMMIT = "commit each kept fix on its own (message `Fix <node id>`), only its files."
@@ -35,6 +40,7 @@ _SETTINGS = {
     "agent_model": "model",
     "agent_max_turns": "max_turns",
     "agent_budget_tokens": "budget_tokens",
+    "agent_max_cost": "max_cost_usd",
     "agent_dry_run": "dry_run",
     "agent_report": "report",
     "agent_commit": "commit",
@@ -53,6 +59,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise pytest.UsageError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise pytest.UsageError(f"expected a positive number, got {text!r}")
+    return value
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("agentic", "pytest-agentic: fix failing tests with a coding agent")
     group.addoption("--agent-fix", action="store_true", default=None, help=HELP_FIX)
@@ -60,6 +76,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--agent-model", metavar="NAME", help=HELP_MODEL)
     group.addoption("--agent-max-turns", type=_positive_int, metavar="N", help=HELP_MAX_TURNS)
     group.addoption("--agent-budget-tokens", type=_positive_int, metavar="N", help=HELP_BUDGET)
+    group.addoption("--agent-max-cost", type=_positive_number, metavar="USD", help=HELP_MAX_COST)
     group.addoption("--agent-dry-run", action="store_true", default=None, help=HELP_DRY_RUN)
     group.addoption("--agent-report", metavar="PATH", help=HELP_REPORT)
     group.addoption("--agent-commit", action="store_true", default=None, help=HELP_COMMIT)
@@ -224,6 +241,7 @@ def _resolve_settings(config: pytest.Config, root: Path) -> Any:
         model=model,
         max_turns=int(value("agent_max_turns")),
         budget_tokens=value("agent_budget_tokens"),
+        max_cost_usd=value("agent_max_cost"),
         dry_run=bool(value("agent_dry_run")),
         report=(Path(config.invocation_params.dir) / report) if report else None,
         rerun=rerun,
@@ -237,6 +255,9 @@ def _resolve_settings(config: pytest.Config, root: Path) -> Any:
         max_diff_lines=int(settings_file["max_diff_lines"]),
         checks=tuple(settings_file["checks"]),
         xdist_workers=_xdist_workers(config),
+        unreadable=tuple(settings_file["unreadable"]),
+        view_max_chars=int(settings_file["view_max_chars"]),
+        write_max_bytes=int(settings_file["write_max_bytes"]),
         workers=int(value("agent_workers")),
     )
 

@@ -134,6 +134,8 @@ class RunReport:
     model: str = ""
     dry_run: bool = False
     interrupted: bool = False
+    fatal: str = ""  # an API error that stopped the run (exit 4), one line
+    error: str = ""  # an unexpected error that stopped the run (exit 3), one line
     run_dir: Path | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     exit_status: int | None = None  # pytest's, once the fix loop decided it
@@ -149,6 +151,8 @@ class RunReport:
             "estimated_cost_usd": round(self.cost(), 4),
             "dry_run": self.dry_run,
             "interrupted": self.interrupted,
+            "stopped": self.fatal,
+            "error": self.error,
             "seconds": dict(self.seconds),
             "exit_status": self.exit_status,
         }
@@ -350,7 +354,8 @@ def slug(nodeid: str) -> str:
 
 def write_patch(run_dir: Path, index: int, nodeid: str, diff: str) -> Path:
     path = run_dir / f"{index:02d}-{slug(nodeid)}.patch"
-    write_atomic(path, diff)
+    # The patch carries a file's bytes as they are, undecodable ones as surrogates.
+    write_atomic(path, diff.encode("utf-8", "surrogateescape"))
     return path
 
 

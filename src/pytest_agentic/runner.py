@@ -4,12 +4,18 @@ A re-run inherits the session's environment variables, rootdir, ini file and exp
 plugins (`-p`), options that change collection (`-o`, `-W`, `--import-mode`, `--confcutdir`,
 `--noconftest`): a re-run that differs from the original run would give verdicts that mean nothing.
 It never distributes (`-n 0` when xdist is present) and never starts another fix loop.
+
+A re-run runs in its own session (process group), killed as a group at the time limit and
+when it ends, and writes its output to a file: a child a test leaves behind (a server, a
+`sleep` in the background with `-s`) holds no pipe open, so it cannot delay the verdict,
+and it does not outlive the re-run (issue #10).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -148,33 +154,50 @@ def run_tests(
             )
             cmd, cwd, env, keys = prepared.cmd, prepared.cwd, prepared.env, prepared.outcome_keys
         start = time.perf_counter()
-        try:
-            proc = subprocess.run(
+        log_path = Path(tmp) / "output.txt"
+        timed_out = False
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
                 cmd,
                 cwd=cwd,
                 env=env,
-                capture_output=True,
-                text=True,
-                errors="replace",
-                timeout=settings.timeout,
                 stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
-        except subprocess.TimeoutExpired as exc:
-            text = exc.stdout if isinstance(exc.stdout, str) else ""
+            try:
+                proc.wait(timeout=settings.timeout)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+            finally:
+                # Also on Ctrl-C: nothing the re-run started may keep running.
+                kill_group(proc)
+        seconds = time.perf_counter() - start
+        text = _tail(log_path.read_bytes().decode("utf-8", "replace"))
+        if timed_out:
             return RunResult(
-                output=_tail(text) + f"\n[timed out after {settings.timeout:g} s]",
-                seconds=time.perf_counter() - start,
+                output=text + f"\n[timed out after {settings.timeout:g} s]",
+                seconds=seconds,
                 timed_out=True,
             )
         outcomes: dict[str, str] = {}
         if out.is_file():
-            outcomes = json.loads(out.read_text(encoding="utf-8"))
-            outcomes = {keys.get(k, k): v for k, v in outcomes.items()}
-        return RunResult(
-            outcomes=outcomes,
-            output=_tail(proc.stdout + proc.stderr),
-            seconds=time.perf_counter() - start,
-        )
+            try:
+                outcomes = json.loads(out.read_text(encoding="utf-8"))
+                outcomes = {keys.get(k, k): v for k, v in outcomes.items()}
+            except (ValueError, UnicodeDecodeError, AttributeError):
+                outcomes = {}  # a test wrote over it: no verdict from it
+        return RunResult(outcomes=outcomes, output=text, seconds=seconds)
+
+
+def kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the process group `proc` leads (started with start_new_session), then reap."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # the group is gone already
+    proc.wait()
 
 
 def _tail(text: str) -> str:

@@ -1,10 +1,15 @@
-"""The path policy: the one place that decides whether a path may be written, and why not.
+"""The path policy: the one place that decides whether a path may be read or written, and why not.
 
 The fixer, the `agentic-scope` pre-commit hook and `pytest-agentic scope check` all ask
-`PathPolicy.check`. Rules, in order: inside the project root; not in `.git`; no symlink that
-leads out of the root (or into `.git`); pytest-agentic's own bookkeeping (`.agentic/`) is
-always allowed for people and never for the agent; `protected` globs (tests by default) bind
-the agent; and, when a task is active, the task's scope.
+`PathPolicy.check` (writes). Rules, in order: a path is a string without NUL bytes; inside
+the project root; not in `.git`; no symlink that leads out of the root (or into `.git`);
+pytest-agentic's own bookkeeping (`.agentic/`) is always allowed for people and never for the
+agent; `unreadable` globs (secrets) and `protected` globs (tests by default) bind the agent;
+and, when a task is active, the task's scope.
+
+The agent's reads ask `PathPolicy.check_read`: inside the root and out of `.git`, with every
+symlink followed (a link to `/proc/self/environ` or to a file outside the root is refused),
+and not `unreadable`, judged on the path as named and on where it leads.
 
 Why `protected` binds only the agent: it exists against reward hacking (a fixer weakening
 the test it should make pass). People commit tests all the time; for a commit, the task's
@@ -20,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from pytest_agentic.config import DEFAULT_UNREADABLE
 from pytest_agentic.tasks import Task, compile_scope
 
 BOOKKEEPING = ".agentic"
@@ -27,7 +33,7 @@ BOOKKEEPING = ".agentic"
 
 @dataclass(frozen=True)
 class Refusal:
-    """Why a path may not be written."""
+    """Why a path may not be read or written."""
 
     path: str
     reason: str
@@ -50,6 +56,7 @@ class PathPolicy:
         conventions: Sequence[str] = (),
         lexical: bool = False,
         protected_paths: Collection[str] = (),
+        unreadable: Sequence[str] = DEFAULT_UNREADABLE,
     ) -> None:
         self.root = Path(os.path.abspath(root))
         self.real_root = self.root.resolve()
@@ -72,15 +79,20 @@ class PathPolicy:
         # Exact root-relative paths the session itself depends on: the files pytest collected
         # tests from, its conftests and ini file (`python_files = check_*.py` escapes the globs).
         self._protected_paths = frozenset(protected_paths)
+        # Only the agent's policy needs it; the scope hook keeps its start-up cheap.
+        self._unreadable: Any = (
+            compile_scope(unreadable, "unreadable") if unreadable and for_agent else None
+        )
         self._scope: Any = (
             compile_scope(task.scope, str(task.path or task.id)) if task is not None else None
         )
 
     def relative(self, path: str | os.PathLike[str]) -> str | None:
         """`path` (relative to the root, or absolute) as a root-relative posix path, or None
-        when it lies outside the root. Purely lexical: `a/../b` is `b`."""
-        raw = os.fspath(path)
-        if not raw:
+        when it lies outside the root or is no path at all (not a string, a NUL byte).
+        Purely lexical: `a/../b` is `b`."""
+        raw = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
+        if not isinstance(raw, str) or not raw or "\0" in raw:
             return None
         # os.path on strings, not pathlib: the scope hook calls this for every staged path.
         joined = os.path.normpath(os.path.join(self._root_str, raw))
@@ -94,6 +106,9 @@ class PathPolicy:
 
     def check(self, path: str | os.PathLike[str]) -> Refusal | None:
         """None when `path` may be written, else a Refusal saying why."""
+        invalid = _invalid(path)
+        if invalid is not None:
+            return invalid
         shown = os.fspath(path)
         rel = self.relative(path)
         if rel is None:
@@ -120,6 +135,8 @@ class PathPolicy:
             if self.for_agent:
                 return Refusal(rel, "pytest-agentic bookkeeping (.agentic/) is not for the agent")
             return None
+        if self.for_agent and self.unreadable(rel):
+            return Refusal(rel, UNREADABLE_REASON)
         if not self.for_agent and self.is_convention_file(rel):
             return None
         if self.for_agent and self._protected is not None and self._protected.match_file(rel):
@@ -151,6 +168,44 @@ class PathPolicy:
             elif rel == entry:
                 return True
         return False
+    def unreadable(self, rel: str) -> bool:
+        """Whether `rel` (root-relative posix) matches the `unreadable` globs (the agent's
+        policy only). A folder is judged as `rel/` too, so `secrets/` covers the folder."""
+        if self._unreadable is None:
+            return False
+        if self._unreadable.match_file(rel):
+            return True
+        return os.path.isdir(os.path.join(self._root_str, rel)) and bool(
+            self._unreadable.match_file(rel + "/")
+        )
+
+    def check_read(self, path: str | os.PathLike[str]) -> Refusal | None:
+        """None when the agent may read `path` (a file or a folder to list), else why not.
+
+        Every symlink on the way is followed, the last one included: what a read returns is
+        what the link points at, so that target must be inside the root, out of `.git` and not
+        unreadable, as must the path as named.
+        """
+        invalid = _invalid(path)
+        if invalid is not None:
+            return invalid
+        shown = os.fspath(path)
+        rel = self.relative(path)
+        if rel is None:
+            return Refusal(shown, f"outside the project root {self.root}")
+        if ".git" in rel.split("/"):
+            return Refusal(rel, "inside .git; not available")
+        if self.unreadable(rel):
+            return Refusal(rel, UNREADABLE_REASON)
+        real = os.path.realpath(os.path.join(self._root_str, rel))
+        if real != str(self.real_root) and not real.startswith(self._real_prefix):
+            return Refusal(rel, f"a symlink leads outside the project root (to {real})")
+        target = real[len(self._real_prefix) :].replace(os.sep, "/")
+        if ".git" in target.split("/"):
+            return Refusal(rel, "a symlink leads into .git")
+        if target and target != rel and self.unreadable(target):
+            return Refusal(f"{rel} leads to {target}", UNREADABLE_REASON)
+        return None
 
     def write_target(self, rel: str) -> str:
         """Where a write to `rel` lands once symlinks inside the root are followed, relative
@@ -176,3 +231,21 @@ class PathPolicy:
         if not self.for_agent:  # the agent's view must follow the tree as it changes
             self._resolved[rel] = answer
         return answer
+
+
+UNREADABLE_REASON = (
+    "unreadable (matches the `unreadable` globs): secrets are never read, listed or written "
+    "by the agent"
+)
+
+
+def _invalid(path: object) -> Refusal | None:
+    # A model can send anything as a path; os functions raise ValueError on a NUL byte.
+    if not isinstance(path, (str, os.PathLike)):
+        return Refusal(repr(path)[:80], "not a path: a path is a string")
+    raw = os.fspath(path)
+    if not isinstance(raw, str):
+        return Refusal(repr(raw)[:80], "not a path: a path is a string")
+    if "\0" in raw:
+        return Refusal(raw.replace("\0", "\\0")[:200], "contains a NUL byte; not a valid path")
+    return None

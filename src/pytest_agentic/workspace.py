@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 from pytest_agentic.atomic import write_atomic
+from pytest_agentic.interrupts import deferred_interrupts
 from pytest_agentic.scope import BOOKKEEPING
 
 JOURNAL_DIR = ".agentic/journal"
@@ -68,7 +69,7 @@ class Journal:
         return sorted(self.entries)
 
     def diff(self) -> str:
-        """A unified diff (a/ b/ paths, like git) of every journalled file against its original."""
+        """Every journalled file against its original, as a patch `git apply` accepts."""
         return "".join(_file_diff(self.root, self.dir, rel, n) for rel, n in self.entries.items())
 
     def restore(self) -> list[str]:
@@ -91,25 +92,65 @@ def _original(folder: Path, number: int) -> tuple[dict[str, object], bytes | Non
 
 
 def _file_diff(root: Path, folder: Path, rel: str, number: int) -> str:
-    _, old = _original(folder, number)
+    meta, old = _original(folder, number)
     path = root / rel
     new = path.read_bytes() if path.is_file() else None
-    if old == new:
+    old_mode = meta.get("mode") if old is not None else None
+    new_mode = path.stat().st_mode & 0o7777 if new is not None else None
+    if old == new and (old is None or _git_mode(old_mode) == _git_mode(new_mode)):
         return ""
-    old_lines = (old or b"").decode("utf-8", "replace").splitlines(keepends=True)
-    new_lines = (new or b"").decode("utf-8", "replace").splitlines(keepends=True)
-    return "".join(
-        difflib.unified_diff(
-            old_lines,
-            new_lines,
-            "/dev/null" if old is None else f"a/{rel}",
-            "/dev/null" if new is None else f"b/{rel}",
-        )
-    )
+    return git_patch(rel, old, new, old_mode, new_mode)
+
+
+def _git_mode(mode: object) -> str:
+    return "100755" if isinstance(mode, int) and mode & 0o111 else "100644"
+
+
+def _lines(data: bytes) -> list[bytes]:
+    # Split on LF only, keeping each line's end: a CR (CRLF files) stays part of its line,
+    # as git sees it; bytes.splitlines would also split on a lone CR.
+    parts = data.split(b"\n")
+    lines = [part + b"\n" for part in parts[:-1]]
+    return lines + [parts[-1]] if parts[-1] else lines
+
+
+def git_patch(
+    rel: str, old: bytes | None, new: bytes | None, old_mode: object, new_mode: object
+) -> str:
+    """One file's change as `git diff` writes it, so `git apply` takes it: a `diff --git`
+    header, `new file mode`/`deleted file mode` for created/deleted files, and a
+    `\\ No newline at end of file` marker after a last line without one. Bytes that are
+    not UTF-8 come back as surrogates; write the patch with errors="surrogateescape"."""
+    out = [f"diff --git a/{rel} b/{rel}\n".encode()]
+    if old is None:
+        out.append(f"new file mode {_git_mode(new_mode)}\n".encode())
+    elif new is None:
+        out.append(f"deleted file mode {_git_mode(old_mode)}\n".encode())
+    elif _git_mode(old_mode) != _git_mode(new_mode):
+        out.append(f"old mode {_git_mode(old_mode)}\nnew mode {_git_mode(new_mode)}\n".encode())
+    if old != new:
+        for line in difflib.diff_bytes(
+            difflib.unified_diff,
+            _lines(old or b""),
+            _lines(new or b""),
+            b"/dev/null" if old is None else f"a/{rel}".encode(),
+            b"/dev/null" if new is None else f"b/{rel}".encode(),
+        ):
+            out.append(line if line.endswith(b"\n") else line + b"\n\\ No newline at end of file\n")
+    return b"".join(out).decode("utf-8", "surrogateescape")
 
 
 def replay(root: Path, folder: Path) -> list[str]:
-    """Restore every entry of one journal folder, then remove it."""
+    """Restore every entry of one journal folder, then remove it.
+
+    A Ctrl-C or SIGTERM in the middle waits until every file is back (issue #10: a second
+    Ctrl-C 10 ms after the first used to leave half a restore and the journal behind).
+    """
+    with deferred_interrupts():
+        return _replay(root, folder)
+
+
+def _replay(root: Path, folder: Path) -> list[str]:
     if not folder.is_dir():
         return []
     restored = []
