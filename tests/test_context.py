@@ -12,6 +12,11 @@ from fake_anthropic import FakeAnthropic, done, edit, message
 from pytest_agentic.context import first_message, reached_definitions
 from pytest_agentic.fixer import Failure
 
+# The reviewer (issue 9) is on by default and has its own tests (test_gate.py); the runs
+# here are about other behaviour, so they leave it out rather than interleave a scripted
+# review with every conversation.
+NO_REVIEW = "--no-agent-review"
+
 
 def write(root: Path, rel: str, text: str) -> Path:
     path = root / rel
@@ -319,7 +324,7 @@ def test_the_agent_gets_the_buggy_function_and_fixes_it(
         message(edit("pkg/long.py", "return total + 1  # the bug", "return total  # the bug")),
         done(),
     )
-    result = pytester.runpytest("--agent-fix")
+    result = pytester.runpytest("--agent-fix", NO_REVIEW)
     assert result.ret == 0
     request = fake_anthropic.requests[0].body
     text = request["messages"][0]["content"][0]["text"]

@@ -15,6 +15,11 @@ from fake_anthropic import FakeAnthropic, done, edit, message, text, tool_use
 from pytest_agentic.cli import main
 from pytest_agentic.report import RunReport
 
+# The reviewer (issue 9) is on by default and has its own tests (test_gate.py); the runs
+# here are about other behaviour, so they leave it out rather than interleave a scripted
+# review with every conversation.
+NO_REVIEW = "--no-agent-review"
+
 PYPROJECT = '[tool.pytest.ini_options]\npythonpath = ["."]\nfilterwarnings = ["error"]\n'
 CALC = "def add(a, b):\n    return a - b\n\n\ndef mul(a, b):\n    return a * b\n"
 TEST_CALC = (
@@ -63,7 +68,7 @@ def test_markdown_report_step_summary_and_transcript(
     )
     fake_anthropic.reply(message(text("Subtraction, not addition."), FIX), done(), message(give_up))
     # One worker: the scripted replies are consumed in order.
-    result = pytester.runpytest("--agent-fix", "--agent-workers", "1")
+    result = pytester.runpytest("--agent-fix", NO_REVIEW, "--agent-workers", "1")
     assert result.ret == 1
     result.stdout.fnmatch_lines(
         [
@@ -154,7 +159,7 @@ def test_apply_a_dry_run_clean_conflicting_and_twice(
     git(project, "add", "-A")
     git(project, "commit", "-qm", "base")
     fake_anthropic.reply(message(FIX), done())
-    assert pytester.runpytest("--agent-fix", "--agent-dry-run").ret == 0
+    assert pytester.runpytest("--agent-fix", NO_REVIEW, "--agent-dry-run").ret == 0
     assert (project / "calc.py").read_text() == CALC
     (patch,) = run_dir(project).glob("*.patch")
 
@@ -208,7 +213,7 @@ def test_agent_commit_makes_one_commit_per_fix_with_only_its_files(
         message(FIX), done(), message(edit("text.py", "s.lower()", "s.upper()")), done()
     )
     # One worker: the scripted replies are consumed in order.
-    result = pytester.runpytest("--agent-fix", "--agent-workers", "1", "--agent-commit")
+    result = pytester.runpytest("--agent-fix", NO_REVIEW, "--agent-workers", "1", "--agent-commit")
     assert result.ret == 0
     log = git(project, "log", "--format=%H %s", f"{base}..HEAD").splitlines()
     assert [line.split(" ", 1)[1] for line in log] == [

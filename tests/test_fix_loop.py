@@ -20,6 +20,11 @@ from fake_anthropic import (
     tool_use,
 )
 
+# The reviewer (issue 9) is on by default and has its own tests (test_gate.py); the runs
+# here are about other behaviour, so they leave it out rather than interleave a scripted
+# review with every conversation.
+NO_REVIEW = "--no-agent-review"
+
 PYPROJECT = """\
 [tool.pytest.ini_options]
 pythonpath = ["."]
@@ -663,6 +668,8 @@ def test_more_ctrl_c_during_the_restore_do_not_cut_it_short(
     # attempt waits on the API: Ctrl-C, then more Ctrl-C every few milliseconds while the
     # integrated fix is taken out again.
     (project / "calc.py").write_text(CALC.replace("a * b", "a * b + 1"))
+    with (project / "pyproject.toml").open("a") as fh:  # 300 new files pass the diff budget
+        fh.write("\n[tool.pytest-agentic]\nmax_diff_lines = 100000\n")
     before = snapshot(project)
 
     def integrated() -> None:
@@ -684,7 +691,7 @@ def test_more_ctrl_c_during_the_restore_do_not_cut_it_short(
         [(0, signal.SIGINT)] + [(0.003, signal.SIGINT)] * 150,
         replies=(message(FIX, *creates), done(), Delay(30, done())),
         requests=3,
-        args=("--agent-workers", "1"),
+        args=("--agent-workers", "1", NO_REVIEW),
         check=integrated,
     )
     assert status == 2, out
@@ -963,7 +970,7 @@ def test_secrets_never_reach_the_api_a_transcript_or_the_report(
         )
     )
     fake_anthropic.reply(message(*calls), message(FIX), done())
-    result = pytester.runpytest_subprocess("--agent-fix")
+    result = pytester.runpytest_subprocess("--agent-fix", NO_REVIEW)
     assert result.ret == 0
     results = fake_anthropic.requests[1].tool_results()
     assert [r.get("is_error", False) for r in results] == [True] * 4 + [False, True, False, True]
@@ -993,7 +1000,9 @@ def test_a_nul_byte_path_is_an_error_and_the_other_fix_is_kept(
     fake_anthropic.reply(
         message(FIX), done(), message(nul_create, nul_edit, bad_type), message(fix_mul), done()
     )
-    result = pytester.runpytest("--agent-fix", "--agent-workers", "1")  # replies in order
+    result = pytester.runpytest(
+        "--agent-fix", NO_REVIEW, "--agent-workers", "1"
+    )  # replies in order
     assert result.ret == 0, result.stdout.str()
     errors = fake_anthropic.requests[3].tool_results()
     assert [r["is_error"] for r in errors] == [True, True, True]
@@ -1022,7 +1031,9 @@ def test_an_unexpected_error_restores_the_attempt_keeps_verified_fixes_and_exits
     monkeypatch.setattr(pytest_agentic.fixer, "write_transcript", write_transcript)
     fix_mul = edit("calc.py", "return a * b + 1", "return a * b")
     fake_anthropic.reply(message(FIX), done(), message(fix_mul), done())
-    result = pytester.runpytest("--agent-fix", "--agent-workers", "1")  # replies in order
+    result = pytester.runpytest(
+        "--agent-fix", NO_REVIEW, "--agent-workers", "1"
+    )  # replies in order
     assert result.ret == 3
     lines = [line for line in result.stdout.lines if "No space left on device" in line]
     assert len(lines) == 1
@@ -1047,7 +1058,7 @@ def test_a_huge_create_is_refused_and_never_resent_or_stored(
         "str_replace_based_edit_tool", command="create", path="blob.py", file_text="x" * (8 << 20)
     )
     fake_anthropic.reply(message(huge), message(FIX), done())
-    result = pytester.runpytest("--agent-fix")
+    result = pytester.runpytest("--agent-fix", NO_REVIEW)
     assert result.ret == 0
     assert not (project / "blob.py").exists()
     (refusal,) = fake_anthropic.requests[1].tool_results()
@@ -1073,7 +1084,7 @@ def test_unreadable_globs_come_from_pyproject(
         for path in ("private/keys.py", ".env", "tests/test_calc.py")
     ]
     fake_anthropic.reply(message(*views), message(FIX), done())
-    result = pytester.runpytest("--agent-fix")
+    result = pytester.runpytest("--agent-fix", NO_REVIEW)
     assert result.ret == 0
     keys, env, test = fake_anthropic.requests[1].tool_results()
     assert keys["is_error"] is True and "unreadable" in keys["content"]

@@ -21,6 +21,11 @@ import pytest
 from fake_anthropic import Delay, FakeAnthropic, Request, done, edit, message, tool_use
 from test_fix_loop import CALC, FIX, PYPROJECT, TEST_CALC, load_report, snapshot
 
+# The reviewer (issue 9) is on by default and has its own tests (test_gate.py); the runs
+# here are about other behaviour, so they leave it out rather than interleave a scripted
+# review with every conversation.
+NO_REVIEW = "--no-agent-review"
+
 HOSTILE = """\
 import os as _os
 import pathlib as _pathlib
@@ -122,7 +127,7 @@ def test_a_user_edit_made_during_the_attempt_wins_and_the_patch_is_saved(
         return done()
 
     fake_anthropic.reply(message(FIX), user_edits_then_done)
-    result = pytester.runpytest("--agent-fix")
+    result = pytester.runpytest("--agent-fix", NO_REVIEW)
     assert result.ret == 1
     assert (repo / "calc.py").read_text() == user_version
     (failure,) = load_report(repo)["failures"]
@@ -159,7 +164,12 @@ def test_independent_failures_are_worked_on_at_once(
     scripts = {n: [fix_for(n[-1]), done()] for n in nodeids}
     fake_anthropic.reply(*[conversations(scripts, delay=2.0)] * 8)
     result = pytester.runpytest(
-        "--agent-fix", "tests/test_a.py", "tests/test_b.py", "tests/test_c.py", "tests/test_d.py"
+        "--agent-fix",
+        NO_REVIEW,
+        "tests/test_a.py",
+        "tests/test_b.py",
+        "tests/test_c.py",
+        "tests/test_d.py",
     )
     assert result.ret == 0, result.stdout.str()
     outcomes = {f["nodeid"]: f["outcome"] for f in load_report(repo)["failures"]}
@@ -183,7 +193,7 @@ def test_one_worker_is_serial(
     scripts = {n: [fix_for(n[-1]), done()] for n in nodeids}
     fake_anthropic.reply(*[conversations(scripts, delay=0.5)] * 4)
     result = pytester.runpytest(
-        "--agent-fix", "--agent-workers", "1", "tests/test_a.py", "tests/test_b.py"
+        "--agent-fix", NO_REVIEW, "--agent-workers", "1", "tests/test_a.py", "tests/test_b.py"
     )
     assert result.ret == 0, result.stdout.str()
     assert len(fake_anthropic.requests) == 4
@@ -204,7 +214,7 @@ def test_failures_with_one_cause_share_one_conversation(
         "tests/test_div.py::test_div": [message(fix_div), done()],
     }
     fake_anthropic.reply(*[conversations(scripts)] * 4)
-    result = pytester.runpytest("--agent-fix")
+    result = pytester.runpytest("--agent-fix", NO_REVIEW)
     assert result.ret == 0, result.stdout.str()
     prompts = [
         r.body["messages"][0]["content"][0]["text"]
@@ -239,7 +249,7 @@ def test_a_fix_that_breaks_an_earlier_one_is_tried_again_on_the_integrated_tree(
         "tests/test_sub.py::test_sub": [message(breaking), done(), message(view, good), done()],
     }
     fake_anthropic.reply(*[conversations(scripts)] * 6)
-    result = pytester.runpytest("--agent-fix", "--agent-max-attempts", "2")
+    result = pytester.runpytest("--agent-fix", NO_REVIEW, "--agent-max-attempts", "2")
     assert result.ret == 0, result.stdout.str()
     failures = {f["nodeid"]: f for f in load_report(repo)["failures"]}
     assert failures["tests/test_sub.py::test_sub"]["attempts"] == 2
@@ -346,7 +356,7 @@ def test_a_fix_that_conflicts_with_an_earlier_one_is_tried_again_on_the_integrat
         "tests/test_calc.py::test_mul": [message(fix_mul), done(), message(fix_mul), done()],
     }
     fake_anthropic.reply(*[conversations(scripts)] * 6)
-    result = pytester.runpytest("--agent-fix", "--agent-max-attempts", "2")
+    result = pytester.runpytest("--agent-fix", NO_REVIEW, "--agent-max-attempts", "2")
     assert result.ret == 0, result.stdout.str()
     failures = {f["nodeid"]: f for f in load_report(repo)["failures"]}
     assert failures["tests/test_calc.py::test_add"]["attempts"] == 1
@@ -376,7 +386,7 @@ def test_parallel_fixes_of_one_bug_are_integrated_once(
         "tests/test_more.py::test_more": [message(other_fix), done()],
     }
     fake_anthropic.reply(*[conversations(scripts)] * 4)
-    result = pytester.runpytest("--agent-fix")
+    result = pytester.runpytest("--agent-fix", NO_REVIEW)
     assert result.ret == 0, result.stdout.str()
     failures = {f["nodeid"]: f for f in load_report(repo)["failures"]}
     # Issue 11: it names the fix that mended it (the JSON `fixed_by`), not a generic reason.

@@ -18,6 +18,11 @@ import pytest
 from fake_anthropic import FakeAnthropic, done, edit, message, text, tool_use
 from pytest_agentic.progress import LiveProgress, parse_refusal, tool_summary
 
+# The reviewer (issue 9) is on by default and has its own tests (test_gate.py); the runs
+# here are about other behaviour, so they leave it out rather than interleave a scripted
+# review with every conversation.
+NO_REVIEW = "--no-agent-review"
+
 PYPROJECT = '[tool.pytest.ini_options]\npythonpath = ["."]\nfilterwarnings = ["error"]\n'
 CALC = "def add(a, b):\n    return a - b\n\n\ndef mul(a, b):\n    return a * b\n"
 TEST_CALC = "from calc import add\n\n\ndef test_add():\n    assert add(2, 3) == 5\n"
@@ -44,7 +49,7 @@ def test_progress_lines_and_the_last_screen_in_ci(
         message(text("The operator is wrong."), VIEW, WEAKEN, FIX, tool_use("run_tests")), done()
     )
     # One worker: the scripted replies are consumed in order.
-    result = pytester.runpytest("--agent-fix", "--agent-workers", "1")
+    result = pytester.runpytest("--agent-fix", NO_REVIEW, "--agent-workers", "1")
     assert result.ret == 0
     lines = result.stdout.lines
     # Not a terminal: every event is a plain line, in order, right after the test dots.
@@ -121,7 +126,7 @@ def test_verbose_adds_the_models_words(
     (project / "tests/test_more.py").unlink()
     said = "The operator is wrong: add() subtracts. " + "x" * 300
     fake_anthropic.reply(message(text(said), FIX), done())
-    result = pytester.runpytest("--agent-fix", "-v")
+    result = pytester.runpytest("--agent-fix", NO_REVIEW, "-v")
     assert result.ret == 0
     result.stdout.fnmatch_lines(
         ["[[]1/1]   “The operator is wrong: add() subtracts. xxx*…”", "[[]1/1]   edit calc.py"]
@@ -138,7 +143,7 @@ def test_on_a_terminal_tool_calls_update_in_place(
     fake_anthropic.reply(message(VIEW, WEAKEN, FIX), done())
     main, child = pty.openpty()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "--agent-fix", "-p", "no:cacheprovider"],
+        [sys.executable, "-m", "pytest", "--agent-fix", NO_REVIEW, "-p", "no:cacheprovider"],
         cwd=project,
         stdin=subprocess.DEVNULL,
         stdout=child,
@@ -318,7 +323,9 @@ def test_the_last_line_states_the_exit_status_the_shell_sees(
         "import warnings\n\n\ndef test_warns():\n    warnings.warn(UserWarning('x'))\n"
     )
     fake_anthropic.reply(message(FIX), done())
-    result = pytester.runpytest("--agent-fix", "--max-warnings", "0", "-W", "default::UserWarning")
+    result = pytester.runpytest(
+        "--agent-fix", NO_REVIEW, "--max-warnings", "0", "-W", "default::UserWarning"
+    )
     assert result.ret not in (0, 1)
     assert result.stdout.lines[-1] == (
         f"pytest-agentic: 1 of 1 failure fixed — exit {int(result.ret)}"
@@ -349,7 +356,7 @@ def test_failures_of_one_cause_read_fixed_by_the_fix_for_the_first(
         """
     )
     fake_anthropic.reply(message(edit("halve.py", "x / 0", "x / 2")), done())
-    result = pytester.runpytest("--agent-fix")
+    result = pytester.runpytest("--agent-fix", NO_REVIEW)
     assert result.ret == 0
     assert len(fake_anthropic.requests) == 2  # one conversation for the three
     lines = result.stdout.lines
@@ -390,7 +397,7 @@ def test_with_parallel_workers_every_line_names_its_failure(
         return message(FIX)
 
     fake_anthropic.reply(*[reply] * 8)
-    result = pytester.runpytest("--agent-fix", "--agent-workers", "2")
+    result = pytester.runpytest("--agent-fix", NO_REVIEW, "--agent-workers", "2")
     assert result.ret == 0
     ours = [x for x in result.stdout.lines if x.startswith("[")]
     assert ours, result.stdout.str()

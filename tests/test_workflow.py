@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from fake_anthropic import FakeAnthropic, done, edit, message, tool_use
+from fake_anthropic import FakeAnthropic, approve, done, edit, message, tool_use
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
 CALC = "def add(a, b):\n    return a - b\n"
@@ -88,7 +88,9 @@ def run_workflow(
 def test_the_workflow_commits_the_fix_pushes_a_branch_and_opens_a_pull_request(
     tmp_path: Path, git: Callable[..., str], fake_anthropic: FakeAnthropic
 ) -> None:
-    fake_anthropic.reply(message(edit("calc.py", "return a - b", "return a + b")), done())
+    fake_anthropic.reply(
+        message(edit("calc.py", "return a - b", "return a + b")), done(), approve()
+    )
     work, origin, runner, env = run_workflow(tmp_path, git)
     args = (tmp_path / "gh-args.txt").read_text().splitlines()
     assert args == [

@@ -741,6 +741,8 @@ def converse(
             return Conversation("api_error", error_line(exc), transcript, turn + 1)
         finally:
             budget.settle(ticket, response.usage if response is not None else None)
+            if response is not None and usage is not budget.usage:
+                usage.add(response.usage)  # the caller's own count (one failure's tokens)
         used = response.usage
         last_input = sum(
             getattr(used, name, 0) or 0

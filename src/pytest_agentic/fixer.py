@@ -459,19 +459,6 @@ class _Client:
         return response
 
 
-class _Tee(Usage):
-    """Counts each response into several totals: the run's (which the shared budget reads
-    before every request) and one failure's own (its line in the report)."""
-
-    def __init__(self, *totals: Usage) -> None:
-        super().__init__()
-        self._totals = totals
-
-    def add(self, usage: Any) -> None:
-        for total in self._totals:
-            total.add(usage)
-
-
 class _EditLog(Journal):
     """The editor's record in a workspace: which files it wrote. No originals are saved: the
     workspace is thrown away, never restored."""
@@ -741,7 +728,7 @@ def attempt(run: Run, job: Job) -> tuple[Fix | None, Verdict]:
                 first_message=message,
                 toolbox=tools,
                 max_turns=settings.max_turns,
-                usage=_Tee(run.usage, job.usage),  # the budget reads the run's totals
+                usage=job.usage,  # its own tokens; the shared budget counts the run's
                 api_error=anthropic.APIError,
                 budget=run.budget,  # shared by the workers, checked before each request
                 on_event=lambda kind, **fields: run.on_event(kind, job=job, **fields),
