@@ -1,5 +1,8 @@
-"""One attempt at a job: the agent's conversation in a fresh workspace, then its judgement
-(the target re-run and the validation gate), and the retries with feedback (a worker).
+"""One attempt at a job: the agent's conversation in a fresh workspace, judged by the gate.
+
+A worker runs `work(run, job)`: attempts until one is kept, the agent gives up or
+`max_attempts` are spent, each told why the one before failed (`feedback`). `judge` is the
+one place an attempt is decided: the target re-run, the integrity check, then `gate`.
 """
 
 from __future__ import annotations

@@ -1,22 +1,25 @@
-"""The fix session: plan, dispatch, validate, integrate, verify, report (DESIGN.md's data flow).
+"""The fix run's orchestration: the session's hooks, then confirm, plan, dispatch, verify, stop.
 
 Registered by `plugin.py` only with `--agent-fix` and only in the controller process (under
 pytest-xdist the workers just run tests; their reports reach the controller). `anthropic` is
 imported lazily: in a thread, while the failures' confirmation re-run runs.
 
-- plan: confirmed failures that share a cause (innermost project frame and error type) form
-  one job, one conversation; every other failure is a job of its own.
+- plan (`jobs.py`): confirmed failures that share a cause (innermost project frame and error
+  type) form one job, one conversation; every other failure is a job of its own.
 - dispatch: up to `workers` jobs at once, on threads (the work is API calls and subprocesses).
-  Every attempt gets its own workspace, a copy of the project as the run began plus the fixes
-  integrated so far (`sandbox.py`); the agent's tools and every re-run work there, never in
-  the user's tree. The shared prompt prefix (tools, system prompt) is cached by one request
-  before the others go out.
-- validate: `judge` decides an attempt, after sandboxed re-runs each followed by the integrity
-  check (files changed by anything but the editor reject the attempt).
-- integrate: on the main thread, one kept fix at a time in node-id order: re-verified on the
-  integrated state, then written to the user's tree journalled (`workspace.Journal`), unless
-  the user changed one of its files since the run began (their version wins; the patch is
-  saved). A fix that no longer applies or breaks an earlier one goes back as a new attempt.
+  Every attempt (`attempt.py`) gets its own workspace, a copy of the project as the run began
+  plus the fixes integrated so far (`sandbox.py`); the agent's tools and every re-run work
+  there, never in the user's tree. The shared prompt prefix (tools, system prompt) is cached
+  by one request before the others go out.
+- validate (`attempt.judge`): sandboxed re-runs each followed by the integrity check (files
+  changed by anything but the editor reject the attempt), then the gate (`validate.py`).
+- integrate (`integrate.py`): on the main thread, one kept fix at a time in node-id order:
+  re-verified on the integrated state, then written to the user's tree journalled
+  (`workspace.Journal`), unless the user changed one of its files since the run began (their
+  version wins; the patch is saved). A fix that no longer applies or breaks an earlier one
+  goes back as a new attempt.
+- verify: the session's whole selection once on the integrated state; the newest fix is
+  undone while any test fails. Then the report, the progress lines' verdicts and commits.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import signal
 import threading
 import time
 import traceback as tb
@@ -39,9 +41,8 @@ import pytest
 from pytest_agentic.agent import BudgetSpent, FatalApiError, Usage
 from pytest_agentic.attempt import feedback, work
 from pytest_agentic.context import first_message, rel_inside
-from pytest_agentic.errors import AgenticError
 from pytest_agentic.integrate import _undo, integrate, integrate_together
-from pytest_agentic.interrupts import finishing, interruptible
+from pytest_agentic.interrupts import child_pids, finishing, interruptible, kill_new_children
 from pytest_agentic.jobs import (
     EarlyClient,
     Failure,
@@ -56,19 +57,20 @@ from pytest_agentic.jobs import (
     _rerun_in,
     failure_from_report,
     mender,
+    outcomes,
     plan,
 )
 from pytest_agentic.plugin import RUN_LOCK
-from pytest_agentic.progress import LiveProgress
+from pytest_agentic.progress import RunEvents
 from pytest_agentic.report import (
     CheckResult,
-    Outcome,
     RunReport,
     estimate_cost,
     new_run_dir,
     write_report,
+    write_section,
 )
-from pytest_agentic.runner import run_tests
+from pytest_agentic.runner import RerunSettings, run_tests
 from pytest_agentic.sandbox import acquire_lock, snapshot_base
 from pytest_agentic.sandbox import describe as describe_sandbox
 from pytest_agentic.scope import PathPolicy
@@ -84,7 +86,7 @@ STOP_GRACE_SECONDS = 5.0
 
 
 class FixSession:
-    """The pytest hooks, and the orchestration of one fix run over the session's failures.
+    """The pytest hooks, and the top of one fix run over the session's failures.
 
     `on_event(kind, **fields)` hears what happens, from worker threads too (`attempt` and
     `judged` come from workers): `planned` (jobs), `attempt` (job, attempt), `judged` (job,
@@ -109,11 +111,8 @@ class FixSession:
         self.report: RunReport | None = None
         self.listener = on_event or _no_event
         self.on_event: Callable[..., None] = self.listener
-        self.progress = LiveProgress(lambda text: None)
+        self.events = RunEvents(self.listener, settings.max_attempts)  # the progress lines
         self._rerun_seconds = 0.0
-        self._announced: dict[int, tuple[str, str]] = {}  # job index -> (outcome, reason) shown
-        self._announcing = threading.Lock()
-        self._total = 0
         self._live: Run | None = None  # the run in progress, for the tokens spent so far
         self.passed: dict[str, None] = {}  # node ids that passed in the session, in order
         self.test_files: set[str] = set()  # files the session collected tests from
@@ -159,13 +158,13 @@ class FixSession:
             return
         from pytest_agentic import progress
 
-        self.progress = progress.for_config(
+        self.events.progress = progress.for_config(
             self.config,
-            spent=self._spent,
+            spent=lambda: _spent(self._live, self.settings.model),
             parallel=self.settings.workers > 1,
             dry_run=self.settings.dry_run,
         )
-        self.on_event = self._event
+        self.on_event = self.events
         with warnings.catch_warnings(), interruptible():
             # SDK warnings (a deprecated model name, an unclosed client) would become errors
             # in suites with `filterwarnings = error`; they are not the user's tests' business.
@@ -175,20 +174,11 @@ class FixSession:
             except Exception as exc:  # run() failed outside its loop (writing the report)
                 self.report = RunReport(model=self.settings.model)
                 self.report.error = _one_line(exc)
-        self.progress.close()
-        if self.report.fatal:
-            session.exitstatus = pytest.ExitCode.USAGE_ERROR  # a key or URL the user must fix
-        elif self.report.error:
-            session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
-        elif self.report.interrupted:
-            session.exitstatus = pytest.ExitCode.INTERRUPTED
-        elif all(o.outcome == "fixed" for o in self.report.outcomes):
-            session.exitstatus = pytest.ExitCode.OK
-        else:
-            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        self.events.progress.close()
+        session.exitstatus = _exit_status(self.report)
         self.report.exit_status = int(session.exitstatus)
         self.session = session
-        self._write_reports(self.report)
+        _write_reports(self.report, self.settings.report)
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         """The fix section goes last, after pytest's short summary (printed in its
@@ -203,98 +193,8 @@ class FixSession:
             # A plugin after us changed it (pytest's own `--max-warnings` does, after every
             # `pytest_sessionfinish`): the last line and the report say what the shell sees.
             report.exit_status = int(session.exitstatus)
-            self._write_reports(report)
-        reporter = config.pluginmanager.get_plugin("terminalreporter")
-        if report.outcomes:
-            from pytest_agentic.deliver import append_step_summary
-
-            problem = append_step_summary(report)
-            if problem and reporter is not None:
-                reporter.write_line(f"pytest-agentic: {problem}")
-        if reporter is None or not (
-            report.outcomes or report.interrupted or report.fatal or report.error
-        ):
-            return
-        reporter.write_sep("=", "pytest-agentic fix")
-        if report.fatal:
-            reporter.write_line(f"stopped: {report.fatal}", red=True, bold=True)
-        if report.error:
-            reporter.write_line(
-                f"internal error: {report.error} (the open attempt was restored, verified "
-                "fixes kept"
-                + (f"; traceback in {report.run_dir / 'error.log'})" if report.run_dir else ")"),
-                red=True,
-                bold=True,
-            )
-        for line in report.lines():
-            reporter.write_line(line)
-        if report.outcomes:
-            rerun = self.settings.rerun
-            reporter.write_line(describe_sandbox(rerun.sandbox, rerun.sandbox_network))
-        fixed_all = report.exit_status == 0
-        reporter.write_line(report.result_line(), bold=True, green=fixed_all, red=not fixed_all)
-
-    def _write_reports(self, report: RunReport) -> None:
-        paths = [
-            p
-            for p in (report.run_dir and report.run_dir / "report.json", self.settings.report)
-            if p is not None
-        ]
-        write_report(report, paths)
-
-    # --- live progress ----------------------------------------------------------------------
-
-    def _spent(self) -> tuple[int, float]:
-        total = self._live.usage if self._live is not None else Usage()
-        usage = {name: getattr(total, name) for name in vars(total)}
-        return total.total, estimate_cost(self.settings.model, usage)
-
-    def _event(self, kind: str, **fields: Any) -> None:
-        """The run's events (from worker threads too) as progress lines: each job's node id
-        and place, its verdict once it is final."""
-        self.listener(kind, **fields)
-        job = fields.pop("job", None)
-        if job is None:
-            self.progress(kind, **fields)  # confirm, confirmed; others are not shown
-            return
-        job.heard(kind, fields)
-        where = {"nodeid": job.nodeids[0], "index": job.index, "total": self._total}
-        if kind == "attempt":
-            self.progress(kind, **where, max_attempts=self.settings.max_attempts, **fields)
-        elif kind in ("tool", "text", "judge"):
-            self.progress(kind, **where, **fields)
-        elif kind == "judged":
-            verdict = fields.get("verdict")
-            if verdict is not None and not verdict.kept:
-                self.progress("rejected", **where, reason=verdict.reason)
-            if verdict is not None and (
-                verdict.final or (not verdict.kept and job.attempts >= self.settings.max_attempts)
-            ):
-                self._announce(job, final_reason=verdict.reason)
-        elif kind in ("integrated", "user_won"):
-            self._announce(job)
-
-    def _announce(self, job: Job, final_reason: str | None = None) -> None:
-        """A job's verdict line(s), once per change of its outcome."""
-        outcome = "not_fixed" if final_reason is not None else job.outcome
-        reason = final_reason if final_reason is not None else job.reason
-        with self._announcing:  # workers announce too
-            if self._announced.get(job.index) == (outcome, reason):
-                return
-            self._announced[job.index] = (outcome, reason)
-        for record in job.outcomes():
-            self.progress(
-                "verdict",
-                nodeid=record.nodeid,
-                index=job.index,
-                total=self._total,
-                outcome=outcome,
-                reason=reason.replace(f" (question: {job.question})", "")
-                if job.question
-                else reason,
-                attempts=record.attempts if not record.fixed_by else 0,
-                fixed_by=record.fixed_by,
-            )
+            _write_reports(report, self.settings.report)
+        _last_screen(config, report, self.settings.rerun)
 
     # --- the run ----------------------------------------------------------------------------
 
@@ -305,7 +205,7 @@ class FixSession:
         jobs: list[Job] = []
         flaky: list[str] = []
         run: Run | None = None
-        children = _child_pids()
+        children = child_pids()
         early: EarlyClient | None = None
         try:
             if failures:
@@ -315,32 +215,20 @@ class FixSession:
                 flaky = self._confirm([f.nodeid for f in failures])
                 self.on_event("confirmed", confirmed=len(failures) - len(flaky), flaky=flaky)
                 jobs = plan(self.rootdir, [f for f in failures if f.nodeid not in flaky])
-                self._total = len(jobs)
+                self.events.total = len(jobs)
                 # Lines name their failure when workers interleave them.
-                self.progress.parallel = settings.workers > 1 and len(jobs) > 1
+                self.events.progress.parallel = settings.workers > 1 and len(jobs) > 1
                 if jobs:
-                    base = snapshot_base(self.root, self._scratch())
+                    base = snapshot_base(self.root, _scratch(self.config, self.root))
                     run = Run(self.root, settings, base, report.run_dir, self.on_event, early)
                     self._live = run
-                    run.protected_paths = frozenset(self._session_files())
+                    files = self.test_files or self.reported_files
+                    run.protected_paths = frozenset(_session_files(self.config, self.root, files))
                     run.passed = list(self.passed)
-                    run.whole_files = self._whole_files()
-                    # The first message is read under the agent's read policy too.
-                    policy = PathPolicy(
-                        self.root,
-                        task=settings.task,
-                        protected=settings.protected,
-                        for_agent=True,
-                        unreadable=settings.unreadable,
-                    )
-                    for job in jobs:
-                        job.context = first_message(
-                            self.rootdir,
-                            job.failures,
-                            settings.task,
-                            policy=policy,
-                            max_chars=settings.context_max_chars,
-                        )
+                    run.whole_files = _whole_files(self.config, self.test_files, self.partial_files)
+                    contexts = _first_messages(self.root, self.rootdir, settings, jobs)
+                    for job, context in zip(jobs, contexts, strict=True):
+                        job.context = context
                     self.on_event("planned", jobs=jobs)
                     dispatch(run, jobs)
                     verify(run, jobs)
@@ -365,18 +253,14 @@ class FixSession:
             elif early is not None:
                 early.close()
         if run is not None and run.halt is not None:
-            if isinstance(run.halt, FatalApiError):
-                report.fatal = str(run.halt)
-            elif not isinstance(run.halt, BudgetSpent):
-                report.error = _one_line(run.halt)
-                _error_log(report.run_dir, run.halt)
+            _halted(report, run.halt)
         for job in jobs:
             if job.outcome == "not_fixed" and not job.reason:  # never "not fixed ()"
                 job.reason = "interrupted" if report.interrupted else "stopped by an error"
         for job in jobs:
             if settings.commit and not report.interrupted and job.outcome == "fixed" and job.diff:
                 self._commit(job)  # integrated and verified; its journal was kept in `stop`
-            self._announce(job)  # what no event announced: skipped, mended, reverted
+            self.events.announce(job)  # what no event announced: skipped, mended, reverted
         report.outcomes = outcomes(failures, flaky, jobs)
         usage = run.usage if run is not None else Usage()
         report.usage = {name: getattr(usage, name) for name in vars(usage)}
@@ -388,28 +272,12 @@ class FixSession:
         return report
 
     def _commit(self, job: Job) -> None:
-        """`--agent-commit`: a kept fix becomes a commit of its own changes only. After the
-        final verification, not at integration: a fix that verification takes out again
-        must not already be history."""
-        from pytest_agentic.deliver import commit_fix
+        """`--agent-commit` (deliver.py): after the final verification, not at integration."""
+        from pytest_agentic.deliver import commit_kept
 
-        nodeid = job.nodeids[0]
-        body = [
-            f"pytest-agentic kept this fix after re-running {nodeid}: it passes "
-            f"(attempt {job.attempts} of {self.settings.max_attempts}, "
-            f"model {self.settings.model}).",
-        ]
-        if job.reason:
-            body.append(job.reason)
-        if len(job.nodeids) > 1:
-            body.append("It also fixes:\n" + "\n".join(f"- {n}" for n in job.nodeids[1:]))
-        try:
-            job.commit = commit_fix(self.root, nodeid, job.diff, job.files, "\n\n".join(body))
-        except AgenticError as exc:
-            job.reason = str(exc)
-            self.progress("note", text=f"{nodeid}: {exc}")
-            return
-        self.progress("commit", nodeid=nodeid, index=job.index, total=self._total, sha=job.commit)
+        settings = self.settings
+        problem = commit_kept(self.root, job, settings.max_attempts, settings.model)
+        self.events.committed(job, problem)
 
     def _confirm(self, nodeids: list[str]) -> list[str]:
         """Re-run every failure once, in the user's tree (no agent code exists yet); one that
@@ -418,37 +286,110 @@ class FixSession:
         self._rerun_seconds = result.seconds
         return [n for n in nodeids if result.outcomes.get(n) == "passed"]
 
-    def _session_files(self) -> set[str]:
-        """The session's own test files, the conftests it loaded and its ini file (relative
-        to the project root: the agent's tools are rooted at its copy)."""
-        files = {
-            rel_inside(self.root, str(self.rootdir / rel)) or ""
-            for rel in (self.test_files or self.reported_files)
-        }
-        for plugin in self.config.pluginmanager.get_plugins():
-            path = getattr(plugin, "__file__", None)
-            if isinstance(path, str) and os.path.basename(path) == "conftest.py":
-                files.add(rel_inside(self.root, path) or "")
-        if self.config.inipath is not None:
-            files.add(rel_inside(self.root, str(self.config.inipath)) or "")
-        files.discard("")
-        return files
 
-    def _whole_files(self) -> set[str]:
-        """Test files a re-run may name by path: the session ran every test collected from
-        them (no `-k`/`-m`/`--deselect` took any away, no `file::test` argument chose some).
-        Known only where collection happened (not in an xdist controller)."""
-        if any("::" in arg for arg in self.config.invocation_params.args):
-            return set()
-        return self.test_files - self.partial_files
+def _first_messages(
+    root: Path, rootdir: Path, settings: Settings, jobs: list[Job]
+) -> list[list[dict[str, Any]]]:
+    """Each job's first message, read under the agent's read policy too."""
+    policy = PathPolicy(
+        root,
+        task=settings.task,
+        protected=settings.protected,
+        for_agent=True,
+        unreadable=settings.unreadable,
+    )
+    return [
+        first_message(
+            rootdir,
+            job.failures,
+            settings.task,
+            policy=policy,
+            max_chars=settings.context_max_chars,
+        )
+        for job in jobs
+    ]
 
-    def _scratch(self) -> Path:
-        lock = self.config.stash.get(RUN_LOCK, None)
-        if lock is None:  # the plugin took none (the fixer used on its own): take it here
-            lock = acquire_lock(self.root)
-            self.config.stash[RUN_LOCK] = lock
-            self.config.add_cleanup(lock.release)
-        return lock.scratch
+
+def _session_files(config: pytest.Config, root: Path, test_files: set[str]) -> set[str]:
+    """The session's own test files (relative to pytest's rootdir), the conftests it loaded
+    and its ini file, relative to the project root: the agent's tools are rooted at its copy."""
+    rootdir = Path(config.rootpath)
+    files = {rel_inside(root, str(rootdir / rel)) or "" for rel in test_files}
+    for plugin in config.pluginmanager.get_plugins():
+        path = getattr(plugin, "__file__", None)
+        if isinstance(path, str) and os.path.basename(path) == "conftest.py":
+            files.add(rel_inside(root, path) or "")
+    if config.inipath is not None:
+        files.add(rel_inside(root, str(config.inipath)) or "")
+    files.discard("")
+    return files
+
+
+def _whole_files(config: pytest.Config, test_files: set[str], partial: set[str]) -> set[str]:
+    """Test files a re-run may name by path: the session ran every test collected from
+    them (no `-k`/`-m`/`--deselect` took any away, no `file::test` argument chose some).
+    Known only where collection happened (not in an xdist controller)."""
+    if any("::" in arg for arg in config.invocation_params.args):
+        return set()
+    return test_files - partial
+
+
+def _last_screen(config: pytest.Config, report: RunReport, rerun: RerunSettings) -> None:
+    """The CI step summary, then the fix section on pytest's terminal (report.py)."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if report.outcomes:
+        from pytest_agentic.deliver import append_step_summary
+
+        problem = append_step_summary(report)
+        if problem and reporter is not None:
+            reporter.write_line(f"pytest-agentic: {problem}")
+    if reporter is not None:
+        sandbox = describe_sandbox(rerun.sandbox, rerun.sandbox_network)
+        write_section(reporter, report, sandbox)
+
+
+def _scratch(config: pytest.Config, root: Path) -> Path:
+    lock = config.stash.get(RUN_LOCK, None)
+    if lock is None:  # the plugin took none (the fixer used on its own): take it here
+        lock = acquire_lock(root)
+        config.stash[RUN_LOCK] = lock
+        config.add_cleanup(lock.release)
+    return lock.scratch
+
+
+def _spent(run: Run | None, model: str) -> tuple[int, float]:
+    """Tokens spent so far and their estimated cost, for the progress lines."""
+    total = run.usage if run is not None else Usage()
+    usage = {name: getattr(total, name) for name in vars(total)}
+    return total.total, estimate_cost(model, usage)
+
+
+def _exit_status(report: RunReport) -> pytest.ExitCode:
+    if report.fatal:
+        return pytest.ExitCode.USAGE_ERROR  # a key or URL the user must fix
+    if report.error:
+        return pytest.ExitCode.INTERNAL_ERROR
+    if report.interrupted:
+        return pytest.ExitCode.INTERRUPTED
+    if all(o.outcome == "fixed" for o in report.outcomes):
+        return pytest.ExitCode.OK
+    return pytest.ExitCode.TESTS_FAILED
+
+
+def _write_reports(report: RunReport, extra: Path | None) -> None:
+    """report.json in the run folder, and `--agent-report`'s copy."""
+    paths = [p for p in (report.run_dir and report.run_dir / "report.json", extra) if p is not None]
+    write_report(report, paths)
+
+
+def _halted(report: RunReport, halt: BaseException) -> None:
+    """Why the run stopped, into the report: a fatal API error, or our bug (its traceback
+    in the run folder); a spent budget is said on each job's line instead."""
+    if isinstance(halt, FatalApiError):
+        report.fatal = str(halt)
+    elif not isinstance(halt, BudgetSpent):
+        report.error = _one_line(halt)
+        _error_log(report.run_dir, halt)
 
 
 # --- orchestration ----------------------------------------------------------------------------
@@ -568,7 +509,7 @@ def stop(run: Run, jobs: list[Job], children: set[int], restore: bool) -> None:
     workspace. The integrated fixes that stay have their journals kept."""
     run.cancel.set()
     if any(not f.done() for f in run.futures):
-        _kill_new_children(children)  # re-runs in flight end now, not at their timeout
+        kill_new_children(children)  # re-runs in flight end now, not at their timeout
         wait(run.futures, timeout=STOP_GRACE_SECONDS)
     integrated = [job for job, _ in reversed(run.chain)]
     # A job cut short while being written to the user's tree is the newest of all; it goes
@@ -587,18 +528,6 @@ def stop(run: Run, jobs: list[Job], children: set[int], restore: bool) -> None:
     run.close()
 
 
-def outcomes(failures: list[Failure], flaky: list[str], jobs: list[Job]) -> list[Outcome]:
-    """One entry per original failure, in the session's order, whatever job it was in."""
-    by_id = {f.nodeid: job for job in jobs for f in job.failures}
-    found = []
-    for f in failures:
-        if f.nodeid in flaky:
-            found.append(Outcome(f.nodeid, "flaky", 0, (), "passed on re-run"))
-        elif f.nodeid in by_id:
-            found += [o for o in by_id[f.nodeid].outcomes() if o.nodeid == f.nodeid]
-    return found
-
-
 def _spawn(fn: Callable[..., Fix | None], *args: Any) -> Future[Fix | None]:
     """`fn(*args)` on a daemon thread: an interrupted run does not wait at exit for a worker
     stuck in an API request (a ThreadPoolExecutor's threads are joined at exit)."""
@@ -614,35 +543,6 @@ def _spawn(fn: Callable[..., Fix | None], *args: Any) -> Future[Fix | None]:
 
     threading.Thread(target=target, name="pytest-agentic-worker", daemon=True).start()
     return future
-
-
-def _child_pids() -> set[int]:
-    """This process's children (Linux /proc; elsewhere none are known)."""
-    me = str(os.getpid())
-    found: set[int] = set()
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return found
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="utf-8", errors="replace") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if len(fields) > 1 and fields[1] == me:
-            found.add(int(entry))
-    return found
-
-
-def _kill_new_children(before: set[int]) -> None:
-    """Kill the child processes the run started (re-runs, git) that are still running; the
-    session's own children from before the run are left alone."""
-    for pid in _child_pids() - before:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -1,5 +1,8 @@
-"""Integration onto the user's tree: a kept fix re-verified on the integrated state, then written
-journalled (unless the user's version wins: the patch is saved), and undone again.
+"""Integration onto the user's tree: kept fixes re-verified, written journalled, undone.
+
+On the main thread, in node-id order: a kept fix is re-verified on the integrated state,
+then written to the user's tree journalled, unless the user changed one of its files during
+the run (their version wins; the patch is saved).
 """
 
 from __future__ import annotations

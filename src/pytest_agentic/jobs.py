@@ -1,5 +1,8 @@
-"""The fix run's records and shared state: settings, failures, jobs (the plan), fixes, and the
-`Run` every worker thread shares (its client, workspaces, budget and re-runs).
+"""The fix run's records and shared state: settings, failures, jobs, fixes, the `Run`.
+
+Everything below `fixer.py`, `attempt.py` and `integrate.py` share: the records a job carries
+from plan to report, and the `Run` every worker thread shares (its client, workspaces, token
+budget and re-runs). Imports none of them.
 """
 
 from __future__ import annotations
@@ -172,6 +175,18 @@ class Job:
             )
             for nodeid in self.nodeids
         ]
+
+
+def outcomes(failures: list[Failure], flaky: list[str], jobs: list[Job]) -> list[Outcome]:
+    """One entry per original failure, in the session's order, whatever job it was in."""
+    by_id = {f.nodeid: job for job in jobs for f in job.failures}
+    found = []
+    for f in failures:
+        if f.nodeid in flaky:
+            found.append(Outcome(f.nodeid, "flaky", 0, (), "passed on re-run"))
+        elif f.nodeid in by_id:
+            found += [o for o in by_id[f.nodeid].outcomes() if o.nodeid == f.nodeid]
+    return found
 
 
 def cause(root: Path, failure: Failure) -> tuple[str, ...]:
