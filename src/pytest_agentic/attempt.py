@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from pytest_agentic.agent import EDITOR_TOOL, Conversation, Toolbox, Usage, converse
-from pytest_agentic.context import read_lines
 from pytest_agentic.jobs import (
     Fix,
     Halted,
@@ -25,6 +24,7 @@ from pytest_agentic.jobs import (
     checked_rerun,
 )
 from pytest_agentic.report import AttemptDetail, CheckResult, write_transcript
+from pytest_agentic.review import review_attempt
 from pytest_agentic.runner import RunResult
 from pytest_agentic.sandbox import Workspace
 from pytest_agentic.sandbox import _git as sandbox_git
@@ -32,12 +32,10 @@ from pytest_agentic.scope import PathPolicy
 from pytest_agentic.validate import (
     FileChange,
     affected_tests,
-    assertion_literals,
     compact,
     diff_budget,
     project_checks,
     regression,
-    special_cases,
     tamper,
 )
 from pytest_agentic.validate import Verdict as Check
@@ -182,7 +180,7 @@ def gate(run: Run, job: Job, ws: Workspace, files: Sequence[str], output: str) -
         ),
     ]
     if settings.review:
-        steps.append(lambda: _review(run, job, ws, files, changes, output, checks))
+        steps.append(lambda: review_attempt(run, job, ws, files, changes, output, checks))
     checks: list[Check] = []
     for step in steps:
         run.check_cancel()
@@ -208,58 +206,6 @@ def _changes(ws: Workspace, files: Sequence[str]) -> list[FileChange]:
         if old != new:
             changes.append(FileChange(rel, text(old), text(new)))
     return changes
-
-
-def _review(
-    run: Run,
-    job: Job,
-    ws: Workspace,
-    files: Sequence[str],
-    changes: list[FileChange],
-    output: str,
-    checks: list[Check],
-) -> Check:
-    """The reviewer's conversation: its own thread, read-only tools rooted at the workspace."""
-    import anthropic
-
-    from pytest_agentic.review import review, review_message
-
-    literals: set[object] = set()
-    for failure in job.failures:
-        lines = read_lines(ws.path, failure.path) if failure.path else None
-        if lines is not None:
-            literals |= assertion_literals("\n".join(lines), failure.lineno)
-    ran = "\n".join(f"{c.check}: {c.reason}" for c in checks)
-    message = review_message(
-        job.context[0]["text"] if job.context else "\n".join(job.nodeids),
-        ws.diff(files),
-        f"{ran}\n{output}",
-        special_cases(changes, literals),
-    )
-    toolbox = Toolbox(
-        ws.path,
-        PathPolicy(ws.path, for_agent=True),
-        _EditLog(ws.path, "review"),
-        lambda: "",
-        read_only=True,
-    )
-    usage = Usage()
-    try:
-        outcome = review(
-            _Client(run),
-            model=run.settings.review_model or run.settings.model,
-            message=message,
-            toolbox=toolbox,
-            usage=usage,
-            api_error=anthropic.APIError,
-        )
-    finally:
-        run.add_usage(usage)
-    if run.run_dir is not None:
-        write_transcript(
-            run.run_dir, job.index, job.nodeids[0], job.attempts, outcome.transcript, "review"
-        )
-    return outcome.verdict
 
 
 def attempt(run: Run, job: Job) -> tuple[Fix | None, Verdict]:
