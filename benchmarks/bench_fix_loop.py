@@ -66,6 +66,7 @@ class Before:
         import _old_first_message as old
         import pytest_agentic.agent as agent
         import pytest_agentic.fixer as fixer
+        import pytest_agentic.jobs as jobs
 
         early = fixer.EarlyClient
 
@@ -78,7 +79,7 @@ class Before:
             def get(self):
                 start = time.perf_counter()
                 if OLD:
-                    self.client = fixer._make_client(self.settings)
+                    self.client = jobs._make_client(self.settings)
                 else:
                     self.client = self.early.get()
                 waited.append(time.perf_counter() - start)

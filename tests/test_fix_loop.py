@@ -1018,7 +1018,7 @@ def test_an_unexpected_error_restores_the_attempt_keeps_verified_fixes_and_exits
     fake_anthropic: FakeAnthropic,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import pytest_agentic.fixer
+    import pytest_agentic.attempt
 
     (project / "calc.py").write_text(CALC.replace("a * b", "a * b + 1"))
     written = []
@@ -1028,7 +1028,7 @@ def test_an_unexpected_error_restores_the_attempt_keeps_verified_fixes_and_exits
         if len(written) == 2:
             raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(pytest_agentic.fixer, "write_transcript", write_transcript)
+    monkeypatch.setattr(pytest_agentic.attempt, "write_transcript", write_transcript)
     fix_mul = edit("calc.py", "return a * b + 1", "return a * b")
     fake_anthropic.reply(message(FIX), done(), message(fix_mul), done())
     result = pytester.runpytest(

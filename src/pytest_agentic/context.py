@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pytest_agentic.fixer import Failure
+    from pytest_agentic.jobs import Failure
     from pytest_agentic.scope import PathPolicy
     from pytest_agentic.tasks import Task
 

@@ -14,9 +14,13 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pytest_agentic.errors import AgenticError
 from pytest_agentic.report import RunReport, load_run
+
+if TYPE_CHECKING:
+    from pytest_agentic.jobs import Job
 
 ENV_STEP_SUMMARY = "GITHUB_STEP_SUMMARY"
 
@@ -199,6 +203,27 @@ def commit_fix(root: Path, nodeid: str, diff: str, files: Sequence[str], body: s
     # the commit as staged in reverse; point them at the new HEAD.
     _git(tree.top, "reset", "-q", "--", *tree.paths(files))
     return sha
+
+
+def commit_kept(root: Path, job: Job, max_attempts: int, model: str) -> str | None:
+    """`--agent-commit`: a kept fix becomes a commit of its own changes only (`job.commit`).
+    Called after the final verification, not at integration: a fix that verification takes
+    out again must not already be history. Returns why not (one line, also `job.reason`)."""
+    nodeid = job.nodeids[0]
+    body = [
+        f"pytest-agentic kept this fix after re-running {nodeid}: it passes "
+        f"(attempt {job.attempts} of {max_attempts}, model {model}).",
+    ]
+    if job.reason:
+        body.append(job.reason)
+    if len(job.nodeids) > 1:
+        body.append("It also fixes:\n" + "\n".join(f"- {n}" for n in job.nodeids[1:]))
+    try:
+        job.commit = commit_fix(root, nodeid, job.diff, job.files, "\n\n".join(body))
+    except AgenticError as exc:
+        job.reason = str(exc)
+        return str(exc)
+    return None
 
 
 # --- CI -----------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ restores in other threads are never interrupted by a signal in the first place.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -110,3 +111,35 @@ def finishing() -> None:
     leave a journal half replayed or verified fixes unkept."""
     if _in_main_thread() and signal.getsignal(signal.SIGINT) is _handler:
         _State.interrupted = True
+
+
+# --- the run's child processes -------------------------------------------------------------
+
+
+def child_pids() -> set[int]:
+    """This process's children (Linux /proc; elsewhere none are known)."""
+    me = str(os.getpid())
+    found: set[int] = set()
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return found
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="utf-8", errors="replace") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 1 and fields[1] == me:
+            found.add(int(entry))
+    return found
+
+
+def kill_new_children(before: set[int]) -> None:
+    """Kill the child processes the run started (re-runs, git) that are still running; the
+    session's own children from before the run are left alone."""
+    for pid in child_pids() - before:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)

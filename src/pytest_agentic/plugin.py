@@ -159,7 +159,7 @@ def _resolve_settings(config: pytest.Config, root: Path) -> Any:
     from pytest_agentic.agent import DEFAULT_MODEL
     from pytest_agentic.config import load_config
     from pytest_agentic.errors import AgenticError
-    from pytest_agentic.fixer import Settings
+    from pytest_agentic.jobs import Settings
     from pytest_agentic.runner import RerunSettings, session_args
     from pytest_agentic.sandbox import sandbox_mode
     from pytest_agentic.tasks import active_task

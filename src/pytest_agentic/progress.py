@@ -290,3 +290,74 @@ def for_config(
 
 def _discard(text: str) -> None:
     return None
+
+
+class RunEvents:
+    """The fix run's events (from worker threads too) as progress lines: each job's node id
+    and place, its verdict once it is final, said once per change of its outcome.
+
+    Callable as the fixer's `on_event(kind, **fields)`; `listener` hears every event first.
+    A job is duck-typed (`jobs.Job`): this module imports nothing of the fixer's."""
+
+    def __init__(self, listener: Callable[..., None], max_attempts: int) -> None:
+        self.listener = listener
+        self.max_attempts = max_attempts
+        self.progress = LiveProgress(_discard)  # the real one once the session has failures
+        self.total = 0  # jobs planned
+        self._announced: dict[int, tuple[str, str]] = {}  # job index -> (outcome, reason) shown
+        self._announcing = threading.Lock()
+
+    def __call__(self, kind: str, **fields: Any) -> None:
+        self.listener(kind, **fields)
+        job = fields.pop("job", None)
+        if job is None:
+            self.progress(kind, **fields)  # confirm, confirmed; others are not shown
+            return
+        job.heard(kind, fields)
+        where = {"nodeid": job.nodeids[0], "index": job.index, "total": self.total}
+        if kind == "attempt":
+            self.progress(kind, **where, max_attempts=self.max_attempts, **fields)
+        elif kind in ("tool", "text", "judge"):
+            self.progress(kind, **where, **fields)
+        elif kind == "judged":
+            verdict = fields.get("verdict")
+            if verdict is not None and not verdict.kept:
+                self.progress("rejected", **where, reason=verdict.reason)
+            if verdict is not None and (
+                verdict.final or (not verdict.kept and job.attempts >= self.max_attempts)
+            ):
+                self.announce(job, final_reason=verdict.reason)
+        elif kind in ("integrated", "user_won"):
+            self.announce(job)
+
+    def announce(self, job: Any, final_reason: str | None = None) -> None:
+        """A job's verdict line(s), once per change of its outcome."""
+        outcome = "not_fixed" if final_reason is not None else job.outcome
+        reason = final_reason if final_reason is not None else job.reason
+        with self._announcing:  # workers announce too
+            if self._announced.get(job.index) == (outcome, reason):
+                return
+            self._announced[job.index] = (outcome, reason)
+        for record in job.outcomes():
+            self.progress(
+                "verdict",
+                nodeid=record.nodeid,
+                index=job.index,
+                total=self.total,
+                outcome=outcome,
+                reason=reason.replace(f" (question: {job.question})", "")
+                if job.question
+                else reason,
+                attempts=record.attempts if not record.fixed_by else 0,
+                fixed_by=record.fixed_by,
+            )
+
+    def committed(self, job: Any, problem: str | None) -> None:
+        """`--agent-commit`'s line for a kept fix: its commit, or why there is none."""
+        nodeid = job.nodeids[0]
+        if problem:
+            self.progress("note", text=f"{nodeid}: {problem}")
+        else:
+            self.progress(
+                "commit", nodeid=nodeid, index=job.index, total=self.total, sha=job.commit
+            )

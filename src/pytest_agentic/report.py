@@ -374,6 +374,30 @@ def write_report(report: RunReport, paths: Sequence[Path]) -> None:
         write_atomic(path, text)
 
 
+def write_section(reporter: Any, report: RunReport, sandbox: str) -> None:
+    """The `pytest-agentic fix` section on pytest's terminal reporter, ending in the result
+    line; nothing when there is nothing to say. `sandbox` describes where re-runs ran."""
+    if not (report.outcomes or report.interrupted or report.fatal or report.error):
+        return
+    reporter.write_sep("=", "pytest-agentic fix")
+    if report.fatal:
+        reporter.write_line(f"stopped: {report.fatal}", red=True, bold=True)
+    if report.error:
+        reporter.write_line(
+            f"internal error: {report.error} (the open attempt was restored, verified "
+            "fixes kept"
+            + (f"; traceback in {report.run_dir / 'error.log'})" if report.run_dir else ")"),
+            red=True,
+            bold=True,
+        )
+    for line in report.lines():
+        reporter.write_line(line)
+    if report.outcomes:
+        reporter.write_line(sandbox)
+    fixed_all = report.exit_status == 0
+    reporter.write_line(report.result_line(), bold=True, green=fixed_all, red=not fixed_all)
+
+
 def find_run(root: Path, name: str | None = None) -> Path:
     """The run folder `name` (a folder under `.agentic/runs/` or a path), else the newest."""
     base = root / RUNS_DIR

@@ -15,7 +15,12 @@ from typing import Any
 
 from pytest_agentic import agent
 from pytest_agentic.agent import EDITOR_TOOL, MAX_TOKENS, Toolbox, Usage, _with_cache_point
-from pytest_agentic.validate import Verdict
+from pytest_agentic.context import read_lines
+from pytest_agentic.jobs import Job, Run, _Client, _EditLog
+from pytest_agentic.report import write_transcript
+from pytest_agentic.sandbox import Workspace
+from pytest_agentic.scope import PathPolicy
+from pytest_agentic.validate import FileChange, Verdict, assertion_literals, special_cases
 
 REVIEW_TURNS = 12
 DIFF_LIMIT = 20_000
@@ -170,3 +175,56 @@ def review(
         messages.append({"role": "user", "content": results})
         transcript.append({"role": "user", "content": results})
     return not_had(f"no submit_review call within {max_turns} turns")
+
+
+def review_attempt(
+    run: Run,
+    job: Job,
+    ws: Workspace,
+    files: Sequence[str],
+    changes: list[FileChange],
+    output: str,
+    checks: list[Verdict],
+) -> Verdict:
+    """The gate's last check for one attempt (`attempt.gate`): the reviewer's conversation, on
+    its own thread of requests, with read-only tools rooted at the attempt's workspace."""
+    import anthropic
+
+    literals: set[object] = set()
+    for failure in job.failures:
+        lines = read_lines(ws.path, failure.path) if failure.path else None
+        if lines is not None:
+            literals |= assertion_literals("\n".join(lines), failure.lineno)
+    ran = "\n".join(f"{c.check}: {c.reason}" for c in checks)
+    message = review_message(
+        job.context[0]["text"] if job.context else "\n".join(job.nodeids),
+        ws.diff(files),
+        f"{ran}\n{output}",
+        special_cases(changes, literals),
+    )
+    toolbox = Toolbox(
+        ws.path,
+        # The reviewer reads under the same read policy as the agent: no secret in its prompt.
+        PathPolicy(ws.path, for_agent=True, unreadable=run.settings.unreadable),
+        _EditLog(ws.path, "review"),
+        lambda: "",
+        read_only=True,
+    )
+    usage = Usage()
+    try:
+        outcome = review(
+            _Client(run),
+            model=run.settings.review_model or run.settings.model,
+            message=message,
+            toolbox=toolbox,
+            usage=usage,
+            api_error=anthropic.APIError,
+        )
+    finally:
+        run.add_usage(usage)
+        job.usage.add(usage)  # a review's tokens are its failure's too
+    if run.run_dir is not None:
+        write_transcript(
+            run.run_dir, job.index, job.nodeids[0], job.attempts, outcome.transcript, "review"
+        )
+    return outcome.verdict
