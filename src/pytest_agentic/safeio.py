@@ -125,7 +125,9 @@ def write_problem(root: Path, rel: str) -> str | None:
         return "a symlink; left alone (edit the file it points at)"
     if not stat.S_ISREG(info.st_mode):
         return "not a regular file"
-    if not os.access(path, os.W_OK):
+    # No write bit is the user saying "leave it" even to root, who may write anything: the
+    # mode is checked as well as what this process may do.
+    if not info.st_mode & 0o222 or not os.access(path, os.W_OK):
         return "read-only; not overwritten (make it writable to let it be refreshed)"
     return None
 
