@@ -41,9 +41,9 @@ from typing import Any
 HERE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(HERE / "tests"))
 
-from fake_anthropic import FakeAnthropic, Request, done, edit, message, tool_use  # noqa: E402
+from fake_anthropic import FakeAnthropic, Request, approve, done, edit, message, tool_use  # noqa: E402
 
-BUG = ("cycle = stack[stack.index(task_id) :] + [task_id]", "cycle = stack[stack.index(task_id) :]")
+BUG = ("cycle = path[path.index(dep) :] + [dep]", "cycle = path[path.index(dep) :]")
 
 # Runs pytest with the fix loop of today (OLD = False) or with the first message, system prompt
 # and client timing of 10d2337 (OLD = True; the client built after the confirmation re-run),
@@ -148,7 +148,10 @@ def realistic_repo(root: Path) -> None:
         '[tool.pytest.ini_options]\npythonpath = ["src", "tests"]\naddopts = ["-p", "pytester"]\n'
     )
     tasks = root / "src/pytest_agentic/tasks.py"
-    tasks.write_text(tasks.read_text().replace(*BUG))
+    text = tasks.read_text()
+    if BUG[0] not in text:  # tasks.py changed: a benchmark that injects nothing measures nothing
+        raise SystemExit(f"bench_fix_loop: {BUG[0]!r} is no longer in tasks.py; update BUG")
+    tasks.write_text(text.replace(*BUG))
 
 
 def overhead_run(attempts: int, old: bool) -> dict[str, Any]:
@@ -162,7 +165,8 @@ def overhead_run(attempts: int, old: bool) -> dict[str, Any]:
             realistic_repo(root)
             for _ in range(attempts - 1):
                 fake.reply(message(wrong), done())
-            fake.reply(message(edit("src/pytest_agentic/tasks.py", BUG[1], BUG[0])), done())
+            fix = edit("src/pytest_agentic/tasks.py", BUG[1], BUG[0])
+            fake.reply(message(fix), done(), approve())  # the reviewer is on by default
             args = ["tests/test_tasks.py", "--agent-fix", "--agent-report", "r.json"]
             args += ["--agent-max-attempts", str(attempts)]
             pytest_run(root, args, env, old)
