@@ -22,7 +22,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(HERE / "tests"))
 
-from fake_anthropic import Delay, FakeAnthropic, Request, done, edit, message  # noqa: E402
+from fake_anthropic import Delay, FakeAnthropic, Request, approve, done, edit, message  # noqa: E402
 
 REPLY_SECONDS = 2.0
 
@@ -45,6 +45,8 @@ def project(root: Path, k: int) -> dict[str, list[Any]]:
 
 def reply_for(scripts: dict[str, list[Any]]) -> Any:
     def reply(request: Request) -> Any:
+        if any(t.get("name") == "submit_review" for t in request.body.get("tools", [])):
+            return Delay(REPLY_SECONDS, approve())  # the reviewer (on by default) approves
         prompt = request.body["messages"][0]["content"][0]["text"]
         key = next(k for k in scripts if f"- {k}\n" in prompt + "\n")
         return Delay(REPLY_SECONDS, scripts[key].pop(0) if scripts[key] else done())
@@ -67,7 +69,7 @@ def fix_run(k: int, workers: int) -> tuple[float, float, float, int]:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(tmp)
-            fake.reply(*[reply_for(project(root, k))] * (2 * k))
+            fake.reply(*[reply_for(project(root, k))] * (3 * k))  # fix, done, review
             start = time.perf_counter()
             proc = subprocess.run(
                 [
