@@ -28,7 +28,6 @@ from pytest_agentic.review import review_attempt
 from pytest_agentic.runner import RunResult
 from pytest_agentic.sandbox import Workspace
 from pytest_agentic.sandbox import _git as sandbox_git
-from pytest_agentic.scope import PathPolicy
 from pytest_agentic.validate import (
     FileChange,
     affected_tests,
@@ -47,14 +46,7 @@ class _AttemptTools(Toolbox):
 
     def __init__(self, run: Run, ws: Workspace, rerun: Callable[[], str]) -> None:
         settings = run.settings
-        policy = PathPolicy(
-            ws.path,
-            task=settings.task,
-            protected=settings.protected,
-            for_agent=True,
-            protected_paths=run.protected_paths,
-            unreadable=settings.unreadable,
-        )
+        policy = settings.agent_policy(ws.path, run.protected_paths)
         super().__init__(
             ws.path,
             policy,

@@ -73,7 +73,6 @@ from pytest_agentic.report import (
 from pytest_agentic.runner import RerunSettings, run_tests
 from pytest_agentic.sandbox import acquire_lock, snapshot_base
 from pytest_agentic.sandbox import describe as describe_sandbox
-from pytest_agentic.scope import PathPolicy
 from pytest_agentic.validate import compact
 
 # How long an interrupted run waits for its workers to reach their next step; a worker still
@@ -291,13 +290,7 @@ def _first_messages(
     root: Path, rootdir: Path, settings: Settings, jobs: list[Job]
 ) -> list[list[dict[str, Any]]]:
     """Each job's first message, read under the agent's read policy too."""
-    policy = PathPolicy(
-        root,
-        task=settings.task,
-        protected=settings.protected,
-        for_agent=True,
-        unreadable=settings.unreadable,
-    )
+    policy = settings.agent_policy(root)
     return [
         first_message(
             rootdir,

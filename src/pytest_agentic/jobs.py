@@ -25,6 +25,7 @@ from pytest_agentic.progress import parse_refusal
 from pytest_agentic.report import AttemptDetail, Outcome, Refused
 from pytest_agentic.runner import RerunSettings, RunResult, run_tests
 from pytest_agentic.sandbox import Base, Workspace, fingerprint
+from pytest_agentic.scope import PathPolicy
 from pytest_agentic.tasks import Task
 from pytest_agentic.workspace import Journal
 
@@ -56,6 +57,18 @@ class Settings:
     unreadable: tuple[str, ...] = DEFAULT_UNREADABLE
     view_max_chars: int = 40_000
     write_max_bytes: int = 1 << 20
+
+    def agent_policy(self, root: Path, protected_paths: frozenset[str] = frozenset()) -> PathPolicy:
+        """The agent's path policy rooted at `root` (the project, or an attempt's workspace):
+        one place, so the first message, the agent's tools and the reviewer read alike."""
+        return PathPolicy(
+            root,
+            task=self.task,
+            protected=self.protected,
+            for_agent=True,
+            protected_paths=protected_paths,
+            unreadable=self.unreadable,
+        )
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,6 @@ from pytest_agentic.context import read_lines
 from pytest_agentic.jobs import Job, Run, _Client, _EditLog
 from pytest_agentic.report import write_transcript
 from pytest_agentic.sandbox import Workspace
-from pytest_agentic.scope import PathPolicy
 from pytest_agentic.validate import FileChange, Verdict, assertion_literals, special_cases
 
 REVIEW_TURNS = 12
@@ -205,7 +204,7 @@ def review_attempt(
     toolbox = Toolbox(
         ws.path,
         # The reviewer reads under the same read policy as the agent: no secret in its prompt.
-        PathPolicy(ws.path, for_agent=True, unreadable=run.settings.unreadable),
+        run.settings.agent_policy(ws.path),
         _EditLog(ws.path, "review"),
         lambda: "",
         read_only=True,

@@ -104,18 +104,27 @@ class PathPolicy:
         """Whether the active task's scope matches `rel` (True when no task is active)."""
         return self._scope is None or bool(self._scope.match_file(rel))
 
-    def check(self, path: str | os.PathLike[str]) -> Refusal | None:
-        """None when `path` may be written, else a Refusal saying why."""
+    def _located(
+        self, path: str | os.PathLike[str], git_reason: str
+    ) -> tuple[str | None, Refusal | None]:
+        """(`path` root-relative, None) when it is a valid path inside the root and out of
+        `.git`, else (None, why not): the first rules of both the write and the read policy."""
         invalid = _invalid(path)
         if invalid is not None:
-            return invalid
-        shown = os.fspath(path)
+            return None, invalid
         rel = self.relative(path)
         if rel is None:
-            return Refusal(shown, f"outside the project root {self.root}")
+            return None, Refusal(os.fspath(path), f"outside the project root {self.root}")
+        if ".git" in rel.split("/"):
+            return None, Refusal(rel, f"inside .git; {git_reason}")
+        return rel, None
+
+    def check(self, path: str | os.PathLike[str]) -> Refusal | None:
+        """None when `path` may be written, else a Refusal saying why."""
+        rel, refusal = self._located(path, "git's own files are never written")
+        if refusal is not None or rel is None:
+            return refusal
         parts = rel.split("/")
-        if ".git" in parts:
-            return Refusal(rel, "inside .git; git's own files are never written")
         escape = (
             None
             if self.lexical
@@ -186,15 +195,9 @@ class PathPolicy:
         what the link points at, so that target must be inside the root, out of `.git` and not
         unreadable, as must the path as named.
         """
-        invalid = _invalid(path)
-        if invalid is not None:
-            return invalid
-        shown = os.fspath(path)
-        rel = self.relative(path)
-        if rel is None:
-            return Refusal(shown, f"outside the project root {self.root}")
-        if ".git" in rel.split("/"):
-            return Refusal(rel, "inside .git; not available")
+        rel, refusal = self._located(path, "not available")
+        if refusal is not None or rel is None:
+            return refusal
         if self.unreadable(rel):
             return Refusal(rel, UNREADABLE_REASON)
         real = os.path.realpath(os.path.join(self._root_str, rel))
