@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pytest_agentic.config import Config
 
-__all__ = ["context_for", "convention_files", "matching_knowledge_files"]
+__all__ = ["context_for", "convention_files", "front_matter", "matching_knowledge_files"]
 
 
 def convention_files(config: Config) -> tuple[str, ...]:
@@ -55,11 +55,41 @@ def _read_doc(config: Config, rel: str) -> str | None:
         return None
 
 
+def front_matter(text: str) -> tuple[list[tuple[str, int]] | None, str | None]:
+    """The `paths` globs of a knowledge file's front matter with their lines, or an error.
+    Here, not in `lint`: the fix loop reads front matter for its first message and must not
+    pay for importing the checks (their module-level regexes, introspection)."""
+    lines = text.splitlines()
+    if not lines or lines[0].strip() != "---":
+        return None, "no front matter; start the file with ---, paths: [globs], ---"
+    try:
+        end = next(i for i in range(1, len(lines)) if lines[i].strip() == "---")
+    except StopIteration:
+        return None, "front matter is never closed with ---"
+    import yaml
+
+    try:
+        data = yaml.safe_load("\n".join(lines[1:end])) or {}
+    except yaml.YAMLError as exc:
+        return None, f"front matter is not valid YAML: {str(exc).splitlines()[0]}"
+    except RecursionError:  # yaml's composer recurses per nesting level
+        return None, "front matter is not valid YAML: nested too deeply"
+    paths = data.get("paths") if isinstance(data, dict) else None
+    if isinstance(paths, str):
+        paths = [paths]
+    if not isinstance(paths, list) or not paths or not all(isinstance(p, str) for p in paths):
+        return None, "front matter needs `paths:`, a list of globs this file covers"
+    out = []
+    for glob in paths:
+        line = next((i + 1 for i in range(1, end) if glob in lines[i]), 1)
+        out.append((glob, line))
+    return out, None
+
+
 def matching_knowledge_files(root: Path, paths: list[str]) -> list[str]:
     """Knowledge files (repo-relative) whose front-matter `paths` globs match any of `paths`
     (absolute, or relative to `root`)."""
     from pytest_agentic.config import load_config
-    from pytest_agentic.conventions.lint import front_matter
     from pytest_agentic.globs import GlobError, GlobSpec
 
     root = root.absolute()

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pytest_agentic.config import Config
+from pytest_agentic.conventions import front_matter
 from pytest_agentic.conventions.introspect import RepoFacts, introspect
 from pytest_agentic.conventions.markers import (
     PATH_EXTENSIONS,
@@ -439,35 +440,6 @@ def check_sections(rel: str, text: str, required: list[str]) -> list[Problem]:
         for name in required
         if name not in have
     ]
-
-
-def front_matter(text: str) -> tuple[list[tuple[str, int]] | None, str | None]:
-    """The `paths` globs of a knowledge file's front matter with their lines, or an error."""
-    lines = text.splitlines()
-    if not lines or lines[0].strip() != "---":
-        return None, "no front matter; start the file with ---, paths: [globs], ---"
-    try:
-        end = next(i for i in range(1, len(lines)) if lines[i].strip() == "---")
-    except StopIteration:
-        return None, "front matter is never closed with ---"
-    import yaml
-
-    try:
-        data = yaml.safe_load("\n".join(lines[1:end])) or {}
-    except yaml.YAMLError as exc:
-        return None, f"front matter is not valid YAML: {str(exc).splitlines()[0]}"
-    except RecursionError:  # yaml's composer recurses per nesting level
-        return None, "front matter is not valid YAML: nested too deeply"
-    paths = data.get("paths") if isinstance(data, dict) else None
-    if isinstance(paths, str):
-        paths = [paths]
-    if not isinstance(paths, list) or not paths or not all(isinstance(p, str) for p in paths):
-        return None, "front matter needs `paths:`, a list of globs this file covers"
-    out = []
-    for glob in paths:
-        line = next((i + 1 for i in range(1, end) if glob in lines[i]), 1)
-        out.append((glob, line))
-    return out, None
 
 
 def check_knowledge(ctx: Context, rel: str, text: str, required: list[str]) -> list[Problem]:
