@@ -177,6 +177,7 @@ class PathPolicy:
             elif rel == entry:
                 return True
         return False
+
     def unreadable(self, rel: str) -> bool:
         """Whether `rel` (root-relative posix) matches the `unreadable` globs (the agent's
         policy only). A folder is judged as `rel/` too, so `secrets/` covers the folder."""
