@@ -342,3 +342,59 @@ def test_absurdly_deep_code_falls_back_without_crashing(tmp_path: Path) -> None:
     write(tmp_path, "test_deep.py", "from deep import f\n\n\ndef test_d():\n    f(1)\n")
     text = prompt(tmp_path, "test_deep.py", "test_d")
     assert "Imported by the test: deep.py" in text
+
+
+PROBE = """\
+import gc, json, os, sys
+
+def _state():
+    return {
+        "gc": gc.isenabled(),
+        "frozen": gc.get_freeze_count(),
+        "hooks": [i for i, f in enumerate(sys.meta_path)
+                  if type(f).__name__ == "AssertionRewritingHook"],
+    }
+
+def pytest_configure(config):
+    if USER_FREEZE:
+        gc.freeze()
+    config._probe_before = _state()
+
+def pytest_unconfigure(config):
+    if os.environ.get("PYTEST_AGENTIC_RERUN"):
+        return  # a re-run: the probe is of the session that ran the fix loop
+    after = dict(_state(), sdk="anthropic" in sys.modules)
+    with open("probe.json", "w") as f:
+        json.dump({"before": config._probe_before, "after": after}, f)
+"""
+
+
+@pytest.mark.parametrize("user_freeze", [False, True], ids=["plain", "user-froze-objects"])
+def test_the_sdk_import_leaves_the_interpreter_as_it_found_it(
+    pytester: pytest.Pytester, fake_anthropic: FakeAnthropic, user_freeze: bool
+) -> None:
+    # Issue 13: the SDK is imported in a thread during the confirm re-run, with the garbage
+    # collector off, its objects then frozen, and pytest's assertion-rewriting hook out of
+    # the way (it would look at each of the SDK's ~1,500 modules). After the run all of
+    # that is undone: collector on, nothing frozen, the hook back where it was.
+    import json
+
+    pytester.makeconftest(f"USER_FREEZE = {user_freeze}\n" + PROBE)
+    pytester.makepyfile(
+        lib="def double(x):\n    return x * 3\n",
+        test_lib="from lib import double\n\ndef test_double():\n    assert double(2) == 4\n",
+    )
+    pytester.makepyprojecttoml('[tool.pytest.ini_options]\npythonpath = ["."]\n')
+    fake_anthropic.reply(message(edit("lib.py", "x * 3", "x * 2")), done())
+    result = pytester.runpytest_subprocess("--agent-fix", NO_REVIEW)
+    assert result.ret == 0, result.stdout.str()
+    probe = json.loads((pytester.path / "probe.json").read_text())
+    assert probe["after"]["sdk"]  # imported in this process, so the undoing was exercised
+    before, after = probe["before"], probe["after"]
+    assert before["gc"] and before["hooks"]
+    assert (after["gc"], after["hooks"]) == (before["gc"], before["hooks"])
+    if user_freeze:  # theirs, not thawed by us (objects freed meanwhile leave the count)
+        assert after["frozen"] > 0
+    else:
+        assert after["frozen"] == 0
+    assert "x * 2" in (pytester.path / "lib.py").read_text()

@@ -109,7 +109,8 @@ def judge(
     if result.passed(nodeids):
         checks = [Check("target", True, "the failing test(s) pass")]
         if job is not None:
-            checks += gate(run, job, ws, fix.files, result.output)
+            run.derive_ahead(fix)  # what integrating it will need, during the gate
+            checks += gate(run, job, ws, fix, result.output)
         failed = next((c for c in checks if not c.ok), None)
         if failed is None:
             return Verdict(True, checks=tuple(checks))
@@ -129,10 +130,10 @@ def judge(
     return Verdict(False, why, detail, checks=(Check("target", False, why, detail),))
 
 
-def gate(run: Run, job: Job, ws: Workspace, files: Sequence[str], output: str) -> list[Check]:
+def gate(run: Run, job: Job, ws: Workspace, fix: Fix, output: str) -> list[Check]:
     """The validation gate after the target passes, in order, until the first "no"."""
     settings = run.settings
-    changes = _changes(ws, files)
+    changes = _changes(ws, fix.files)
     changed = [c.path for c in changes]
 
     def no_regression() -> Check:
@@ -159,7 +160,7 @@ def gate(run: Run, job: Job, ws: Workspace, files: Sequence[str], output: str) -
         ),
     ]
     if settings.review:
-        steps.append(lambda: review_attempt(run, job, ws, files, changes, output, checks))
+        steps.append(lambda: review_attempt(run, job, ws, fix.patch, changes, output, checks))
     checks: list[Check] = []
     for step in steps:
         run.check_cancel()
@@ -190,13 +191,12 @@ def _changes(ws: Workspace, files: Sequence[str]) -> list[FileChange]:
 def attempt(run: Run, job: Job) -> tuple[Fix | None, Verdict]:
     """One attempt of `job` in a fresh workspace of the integrated state; the workspace is
     removed whatever happens."""
-    import anthropic
-
     settings = run.settings
     nodeids = job.nodeids
     base = run.integrated  # read once: the main thread moves it on as fixes are integrated
-    ws = run.workspace(base)
+    ws = run.workspace(base)  # while the SDK may still be importing (jobs.EarlyClient)
     try:
+        import anthropic
 
         def for_the_model() -> str:
             return describe(checked_rerun(run, ws, nodeids), nodeids)
@@ -229,6 +229,8 @@ def attempt(run: Run, job: Job) -> tuple[Fix | None, Verdict]:
             run.on_event("judge", job=job)  # the re-run that decides can take a while
         fix = Fix(ws.diff(files), tuple(files), base)
         verdict = judge(run, conversation, ws, fix, nodeids, job)
+        if not verdict.kept:
+            run.drop_ahead(fix)
         return (fix if verdict.kept else None), verdict
     finally:
         run.discard(ws)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import threading
 import time
 import traceback as tb
 import warnings
@@ -56,6 +55,7 @@ from pytest_agentic.jobs import (
     _passes,
     _rerun_in,
     failure_from_report,
+    in_thread,
     mender,
     outcomes,
     plan,
@@ -71,7 +71,7 @@ from pytest_agentic.report import (
     write_section,
 )
 from pytest_agentic.runner import RerunSettings, run_tests
-from pytest_agentic.sandbox import acquire_lock, snapshot_base
+from pytest_agentic.sandbox import Base, Workspace, acquire_lock, snapshot_base
 from pytest_agentic.sandbox import describe as describe_sandbox
 from pytest_agentic.validate import compact
 
@@ -206,6 +206,7 @@ class FixSession:
         run: Run | None = None
         children = child_pids()
         early: EarlyClient | None = None
+        prepared: Future[tuple[Base, Workspace]] | None = None
         try:
             if failures:
                 report.run_dir = new_run_dir(self.root)
@@ -218,16 +219,22 @@ class FixSession:
                 # Lines name their failure when workers interleave them.
                 self.events.progress.parallel = settings.workers > 1 and len(jobs) > 1
                 if jobs:
-                    base = snapshot_base(self.root, _scratch(self.config, self.root))
+                    # The snapshot and the first attempt's workspace (git runs) while the first
+                    # messages are built here and the SDK may still be importing. Not during
+                    # the confirm re-run: on two cores the three slowed each other (issue 13).
+                    scratch = _scratch(self.config, self.root)
+                    prepared = in_thread(_prepare, self.root, scratch, name="agentic-snapshot")
+                    contexts = _first_messages(self.root, self.rootdir, settings, jobs)
+                    for job, context in zip(jobs, contexts, strict=True):
+                        job.context = context
+                    base, first = prepared.result()
                     run = Run(self.root, settings, base, report.run_dir, self.on_event, early)
+                    run.spare(base, first)
                     self._live = run
                     files = self.test_files or self.reported_files
                     run.protected_paths = frozenset(_session_files(self.config, self.root, files))
                     run.passed = list(self.passed)
                     run.whole_files = _whole_files(self.config, self.test_files, self.partial_files)
-                    contexts = _first_messages(self.root, self.rootdir, settings, jobs)
-                    for job, context in zip(jobs, contexts, strict=True):
-                        job.context = context
                     self.on_event("planned", jobs=jobs)
                     dispatch(run, jobs)
                     verify(run, jobs)
@@ -251,6 +258,10 @@ class FixSession:
                 stop(run, jobs, children, restore=report.interrupted)
             elif early is not None:
                 early.close()
+            if early is not None:
+                early.thaw()
+            if prepared is not None:
+                wait([prepared])  # its git runs end before the scratch folder is removed
         if run is not None and run.halt is not None:
             _halted(report, run.halt)
         for job in jobs:
@@ -284,6 +295,12 @@ class FixSession:
         result = run_tests(nodeids, self.settings.rerun)
         self._rerun_seconds = result.seconds
         return [n for n in nodeids if result.outcomes.get(n) == "passed"]
+
+
+def _prepare(root: Path, scratch: Path) -> tuple[Base, Workspace]:
+    """The project's snapshot and a first workspace of it."""
+    base = snapshot_base(root, scratch)
+    return base, base.workspace()
 
 
 def _first_messages(
@@ -522,20 +539,7 @@ def stop(run: Run, jobs: list[Job], children: set[int], restore: bool) -> None:
 
 
 def _spawn(fn: Callable[..., Fix | None], *args: Any) -> Future[Fix | None]:
-    """`fn(*args)` on a daemon thread: an interrupted run does not wait at exit for a worker
-    stuck in an API request (a ThreadPoolExecutor's threads are joined at exit)."""
-    future: Future[Fix | None] = Future()
-
-    def target() -> None:
-        if not future.set_running_or_notify_cancel():
-            return
-        try:
-            future.set_result(fn(*args))
-        except BaseException as exc:  # Cancelled, Tainted, bugs: the main thread decides
-            future.set_exception(exc)
-
-    threading.Thread(target=target, name="pytest-agentic-worker", daemon=True).start()
-    return future
+    return in_thread(fn, *args, name="pytest-agentic-worker")
 
 
 def _one_line(exc: BaseException) -> str:

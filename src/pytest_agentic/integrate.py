@@ -29,9 +29,10 @@ def integrate(run: Run, job: Job, fix: Fix, fixed_before: list[str]) -> str | No
     skipped when that state is exactly the one the attempt was judged in.
     """
     if _users_version_wins(run, job, fix):
+        run.drop_ahead(fix)
         return None
     try:
-        candidate = run.integrated.derive(fix.patch)
+        candidate = run.next_state(fix)
     except AgenticError:
         if _passes(run, run.integrated, job.nodeids):
             job.outcome, job.fixed_by = "fixed", mender(run, job.nodeids)
@@ -57,6 +58,8 @@ def integrate_together(run: Run, batch: list[tuple[Job, Fix]], fixed_before: lis
     """Kept fixes of jobs that finished together, verified with one re-run of all their tests
     and every earlier fix's, then applied one at a time in node-id order. False (nothing
     done) when a file is shared, the user changed one, or the lot fails: then one by one."""
+    for _, fix in batch:  # one state for all of them: the ones derived ahead are not used
+        run.drop_ahead(fix)
     files = [rel for _, fix in batch for rel in fix.files]
     if len(files) != len(set(files)) or (
         not run.settings.dry_run and any(run.user_changed(rel) for rel in files)

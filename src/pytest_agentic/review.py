@@ -180,7 +180,7 @@ def review_attempt(
     run: Run,
     job: Job,
     ws: Workspace,
-    files: Sequence[str],
+    patch: str,
     changes: list[FileChange],
     output: str,
     checks: list[Verdict],
@@ -197,7 +197,7 @@ def review_attempt(
     ran = "\n".join(f"{c.check}: {c.reason}" for c in checks)
     message = review_message(
         job.context[0]["text"] if job.context else "\n".join(job.nodeids),
-        ws.diff(files),
+        patch,
         f"{ran}\n{output}",
         special_cases(changes, literals),
     )
