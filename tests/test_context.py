@@ -398,3 +398,65 @@ def test_the_sdk_import_leaves_the_interpreter_as_it_found_it(
     else:
         assert after["frozen"] == 0
     assert "x * 2" in (pytester.path / "lib.py").read_text()
+
+
+def _double_project(pytester: pytest.Pytester, tests: str) -> None:
+    pytester.makepyfile(lib="def double(x):\n    return x * 3\n", test_lib=tests)
+    pytester.makepyprojecttoml('[tool.pytest.ini_options]\npythonpath = ["."]\n')
+
+
+def test_the_sdk_never_imports_beside_the_users_tests(
+    pytester: pytest.Pytester, fake_anthropic: FakeAnthropic
+) -> None:
+    # Without xdist the tests run in this process: the import waits for the session's end
+    # (a thread beside them would slow them, and a fork() meanwhile warns or deadlocks).
+    _double_project(
+        pytester,
+        "import sys, threading\n"
+        "from lib import double\n\n"
+        "def test_a_fails():\n    assert double(2) == 4\n\n"
+        "def test_b_runs_after_a_failure():\n"
+        '    assert "anthropic" not in sys.modules\n'
+        '    assert "agentic-client" not in [t.name for t in threading.enumerate()]\n',
+    )
+    fake_anthropic.reply(message(edit("lib.py", "x * 3", "x * 2")), done())
+    result = pytester.runpytest_subprocess("--agent-fix", NO_REVIEW, "-p", "no:randomly")
+    result.assert_outcomes(failed=1, passed=1)
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(["fixed in 1 attempt: test_lib.py::test_a_fails"])
+
+
+XDIST_PROBE = """\
+import json, os, sys, threading
+import pytest
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session):
+    if os.environ.get("PYTEST_AGENTIC_RERUN") or hasattr(session.config, "workerinput"):
+        return
+    names = [t.name for t in threading.enumerate()]
+    started = "anthropic" in sys.modules or "agentic-client" in names
+    with open("probe.json", "w") as f:
+        json.dump({"started": started}, f)
+"""
+
+
+def test_under_xdist_the_sdk_imports_in_the_controller_during_the_session(
+    pytester: pytest.Pytester, fake_anthropic: FakeAnthropic
+) -> None:
+    # The controller runs no test: its import starts at the first failure, so by the end of
+    # the session (before the fix loop's sessionfinish) it is under way or done.
+    import json
+
+    pytester.makeconftest(XDIST_PROBE)
+    _double_project(
+        pytester,
+        "from lib import double\n\n"
+        "def test_a_fails():\n    assert double(2) == 4\n\n"
+        "def test_b():\n    pass\n",
+    )
+    fake_anthropic.reply(message(edit("lib.py", "x * 3", "x * 2")), done())
+    result = pytester.runpytest_subprocess("-n", "2", "--agent-fix", NO_REVIEW)
+    assert result.ret == 0, result.stdout.str()
+    assert json.loads((pytester.path / "probe.json").read_text()) == {"started": True}
+    assert "x * 2" in (pytester.path / "lib.py").read_text()

@@ -117,6 +117,9 @@ class FixSession:
         self.test_files: set[str] = set()  # files the session collected tests from
         self.reported_files: set[str] = set()  # the same, from node ids (xdist controller)
         self.partial_files: set[str] = set()  # files some of whose tests were deselected
+        # Under xdist the controller runs no test: the SDK import starts at the first
+        # failure there, hidden behind the rest of the session (issue 13).
+        self._early: EarlyClient | None = None
 
     # --- pytest hooks -----------------------------------------------------------------------
 
@@ -148,10 +151,15 @@ class FixSession:
             and report.nodeid not in self.failures
         ):
             self.failures[report.nodeid] = failure_from_report(report)
+            if self._early is None and self.config.pluginmanager.hasplugin("dsession"):
+                # Not in a process that runs tests: a thread importing beside them would
+                # slow them, and a fork() meanwhile (multiprocessing) warns or deadlocks.
+                self._early = EarlyClient(self.settings)
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         if exitstatus not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
+            self._drop_early()
             return  # interrupted, internal or usage errors, no tests: nothing to fix
         if not self.failures and self.settings.report is None:
             return
@@ -179,11 +187,19 @@ class FixSession:
         self.session = session
         _write_reports(self.report, self.settings.report)
 
+    def _drop_early(self) -> None:
+        """The SDK client started at a failure and never used (the run never began)."""
+        early, self._early = self._early, None
+        if early is not None:
+            early.close()
+            early.thaw()
+
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         """The fix section goes last, after pytest's short summary (printed in its
         `pytest_terminal_summary` wrapper, after every other plugin's summary) and after its
         `N failed, M passed` line (printed in its `pytest_sessionfinish` wrapper): the last
         lines on screen say what the fix loop did and which exit status follows."""
+        self._drop_early()  # a session that ended before its fix run could begin
         report = self.report
         session = getattr(self, "session", None)
         if report is None or session is None:
@@ -211,7 +227,8 @@ class FixSession:
             if failures:
                 report.run_dir = new_run_dir(self.root)
                 self.on_event("confirm", count=len(failures))
-                early = EarlyClient(settings)  # the SDK import overlaps the confirm re-run
+                # The SDK import overlaps the confirm re-run (or began at the first failure).
+                early, self._early = self._early or EarlyClient(settings), None
                 flaky = self._confirm([f.nodeid for f in failures])
                 self.on_event("confirmed", confirmed=len(failures) - len(flaky), flaky=flaky)
                 jobs = plan(self.rootdir, [f for f in failures if f.nodeid not in flaky])
