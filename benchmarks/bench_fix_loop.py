@@ -7,6 +7,8 @@
    not during it). Today's line splits the overhead: how much later the SDK was ready than
    the confirm re-run ended (its import, ~1 s of CPU, outlasting a short re-run), and the
    loop's own work (snapshot, workspaces, diffs, checks, requests, integration).
+   Also today's code under `-n 2`, where the xdist controller (which runs no test) starts the
+   SDK import at the first failure, hidden behind the rest of the session.
    Goal (issue 13): under 0.5 s with one failure.
 
 2. Tokens. Two real libraries, downloaded as sdists with pip at run time, each with a one-line
@@ -175,8 +177,10 @@ def realistic_repo(root: Path) -> None:
     tasks.write_text(text.replace(*BUG))
 
 
-def overhead_run(attempts: int, old: bool) -> dict[str, Any]:
-    """A fix that lands on attempt `attempts` (the earlier ones change the wrong line)."""
+def overhead_run(attempts: int, old: bool, xdist: bool = False) -> dict[str, Any]:
+    """A fix that lands on attempt `attempts` (the earlier ones change the wrong line);
+    `xdist`: the session under `-n 2`, whose controller starts the SDK import at the first
+    failure."""
     fake = FakeAnthropic().start()
     env = {**os.environ, "ANTHROPIC_BASE_URL": fake.url, "ANTHROPIC_API_KEY": "bench"}
     wrong = edit("src/pytest_agentic/tasks.py", "ACTIVE_FILE = ", "ACTIVE_FILE: str = ")
@@ -190,6 +194,7 @@ def overhead_run(attempts: int, old: bool) -> dict[str, Any]:
             fake.reply(message(fix), done(), approve())  # the reviewer is on by default
             args = ["tests/test_tasks.py", "--agent-fix", "--agent-report", "r.json"]
             args += ["--agent-max-attempts", str(attempts)]
+            args += ["-n", "2"] if xdist else []
             pytest_run(root, args, env, old)
             seconds = json.loads((root / "r.json").read_text())["seconds"]
             wait = sum(json.loads((root / "client-wait.json").read_text()))
@@ -405,6 +410,18 @@ def overhead(reps: int) -> None:
         )
         each = ", ".join(f"{r['overhead']:.2f}" for r in runs)
         print(f"           each run's overhead: {each}")
+    runs = [overhead_run(1, False, xdist=True) for _ in range(reps)]
+    overhead = statistics.median(r["overhead"] for r in runs)
+    verdict = "met" if overhead < 0.5 else "NOT met"
+    print(
+        f"  now -n 2 1 failure, 1 attempt (median of {reps}), the SDK imported in the xdist "
+        f"controller during the session: fix loop "
+        f"{statistics.median(r['fix_loop'] for r in runs):.2f} s, re-runs "
+        f"{statistics.median(r['test_reruns'] for r in runs):.2f} s, overhead {overhead:.3f} s "
+        f"(goal < 0.5 s: {verdict})"
+    )
+    each = ", ".join(f"{r['overhead']:.2f}" for r in runs)
+    print(f"           each run's overhead: {each}")
     print(
         f"  (load average now: {', '.join(f'{x:.1f}' for x in os.getloadavg())} on "
         f"{os.cpu_count()} cores)"
