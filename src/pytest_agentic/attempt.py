@@ -228,7 +228,11 @@ def attempt(run: Run, job: Job) -> tuple[Fix | None, Verdict]:
         if conversation.ended in ("end_turn", "max_turns") and files:
             run.on_event("judge", job=job)  # the re-run that decides can take a while
         fix = Fix(ws.diff(files), tuple(files), base)
-        verdict = judge(run, conversation, ws, fix, nodeids, job)
+        try:
+            verdict = judge(run, conversation, ws, fix, nodeids, job)
+        except BaseException:
+            run.drop_ahead(fix)  # the run stops (or our bug): nothing of it is integrated
+            raise
         if not verdict.kept:
             run.drop_ahead(fix)
         return (fix if verdict.kept else None), verdict

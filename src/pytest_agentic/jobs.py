@@ -313,7 +313,8 @@ class Run:
         self._primer_taken = False
         self._lock = threading.Lock()
         self._workspaces: dict[int, Workspace] = {}
-        self._ahead: dict[int, Future[Base]] = {}  # id(fix) -> its state, derived ahead
+        # id(fix) -> the fix and its state, derived ahead (the fix held, so its id stays its)
+        self._ahead: dict[int, tuple[Fix, Future[Base]]] = {}
         self._spares: dict[str, Workspace] = {}  # a base's path -> a fresh workspace of it
         self._made: list[Future[Base]] = []  # every state derived ahead, for close()
         self.futures: list[Future[Fix | None]] = []
@@ -373,14 +374,13 @@ class Run:
 
         future = in_thread(derive, name="agentic-derive")
         with self._lock:
-            self._ahead[id(fix)] = future
+            self._ahead[id(fix)] = (fix, future)
             self._made.append(future)
 
     def next_state(self, fix: Fix) -> Base:
         """The integrated state with `fix` applied (raises AgenticError when it does not
         apply): the one derived ahead while the integrated state is still the fix's base."""
-        with self._lock:
-            ahead = self._ahead.pop(id(fix), None)
+        ahead = self._take_ahead(fix)
         if ahead is not None and fix.base is self.integrated:
             return ahead.result()
         if ahead is not None:
@@ -389,10 +389,14 @@ class Run:
 
     def drop_ahead(self, fix: Fix) -> None:
         """`fix` will not be integrated as it is: its state goes once it is derived."""
-        with self._lock:
-            ahead = self._ahead.pop(id(fix), None)
+        ahead = self._take_ahead(fix)
         if ahead is not None:
             ahead.add_done_callback(self._forget)
+
+    def _take_ahead(self, fix: Fix) -> Future[Base] | None:
+        with self._lock:
+            _, ahead = self._ahead.pop(id(fix), (None, None))
+        return ahead
 
     def _forget(self, state: Future[Base]) -> None:
         """Remove a state made ahead that no one will use, with its spare workspace."""
@@ -410,7 +414,7 @@ class Run:
         with self._lock:
             left = list(self._workspaces.values())
             self._workspaces.clear()
-            ahead = list(self._ahead.values())
+            ahead = [future for _, future in self._ahead.values()]
             self._ahead.clear()
             client, self._client = self._client, None
             early, self._early = self._early, None
