@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pytest_agentic.errors import AgenticError
+from pytest_agentic.gitrepo import git
 from pytest_agentic.report import RunReport, load_run
 
 if TYPE_CHECKING:
@@ -28,19 +29,15 @@ ENV_STEP_SUMMARY = "GITHUB_STEP_SUMMARY"
 def _git(
     cwd: Path, *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    try:
-        return subprocess.run(
-            ["git", *args],
-            cwd=cwd,
-            env=env,
-            capture_output=True,
-            text=True,
-            errors="replace",
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
-    except FileNotFoundError:
-        raise AgenticError("git: not found on PATH; install git") from None
+    """`gitrepo.git` as text, never raising on git's exit status; pathspecs as git reads them
+    (`git commit` runs the user's hooks, which must not inherit GIT_LITERAL_PATHSPECS)."""
+    proc = git(cwd, *args, check=False, env=env, literal_pathspecs=False)
+    return subprocess.CompletedProcess(
+        proc.args,
+        proc.returncode,
+        proc.stdout.decode("utf-8", "replace"),
+        proc.stderr.decode("utf-8", "replace"),
+    )
 
 
 def _last_line(proc: subprocess.CompletedProcess[str]) -> str:

@@ -46,10 +46,25 @@ class Change:
     old_path: str | None = None
 
 
-def git(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+def git(
+    cwd: Path,
+    *args: str,
+    check: bool = True,
+    env: dict[str, str] | None = None,
+    literal_pathspecs: bool = True,
+) -> subprocess.CompletedProcess[bytes]:
+    """Git in the user's repository. `literal_pathspecs`: paths are never globs (git passes
+    the setting on to hooks as GIT_LITERAL_PATHSPECS, so a commit that runs the user's hooks
+    turns it off)."""
+    literal = ["--literal-pathspecs"] if literal_pathspecs else []
     try:
         proc = subprocess.run(
-            ["git", "--literal-pathspecs", *args], cwd=cwd, capture_output=True, check=False
+            ["git", *literal, *args],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            check=False,
+            stdin=subprocess.DEVNULL,
         )
     except FileNotFoundError:
         raise AgenticError("git: not found on PATH; install git") from None
