@@ -599,8 +599,9 @@ def _import_sdk() -> bool:
       unless the user froze objects of their own: their freeze is left alone.
     - pytest's assertion-rewriting import hook out of `sys.meta_path` meanwhile: it is asked
       first about each of the SDK's ~1,500 modules (~0.15 s) and rewrites none (the SDK is
-      neither a test module nor a pytest plugin). Only our own modules can be imported by
-      another thread meanwhile (the session is over); they are then imported unrewritten.
+      neither a test module nor a pytest plugin). No user code runs in this process
+      meanwhile (the session is over, or this is an xdist controller, which runs no test):
+      only our own modules or pytest's can be imported beside it, then unrewritten.
     Both are put back as they were.
     """
     enabled = gc.isenabled()
@@ -626,7 +627,8 @@ def _import_sdk() -> bool:
 
 
 class EarlyClient:
-    """The SDK client, built in a thread started before the confirmation re-run: importing
+    """The SDK client, built in a thread started before the confirmation re-run (in an xdist
+    controller at the session's first failure): importing
     `anthropic` and building the client take ~1 s, which then overlaps the re-run's subprocess
     instead of following it (issue 13). `get()` waits for it; `close()` closes it, used or not;
     `thaw()` (at the end of the run) undoes the import's garbage-collector freeze.
@@ -637,7 +639,7 @@ class EarlyClient:
     `ast.parse` of the first message took 120 ms instead of 1 ms). So the import runs with the
     collector off and its objects are then frozen (`gc.freeze`: left out of every later pass)
     until the run ends. Nothing of the user's runs in this process meanwhile: the session is
-    over and the re-runs are subprocesses.
+    over (or this is an xdist controller, which runs no test) and re-runs are subprocesses.
     """
 
     def __init__(self, settings: Settings) -> None:
